@@ -1,0 +1,61 @@
+"""Channel selectors: which key/value channels of a page get ``boost_bits``.
+
+A selector is a strategy object chosen by the config's ``selector`` field; adding one is a new
+class registered in ``SELECTOR_TYPES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class NoBoost:
+    """KIVI-KV2*: every channel at the base bit-width."""
+
+    n_boost: int = 0
+
+    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def value_boost(self) -> torch.Tensor | None:
+        return None
+
+
+@dataclass(frozen=True)
+class DynamicMagnitude:
+    """Kitty: per (batch row, KV head, page), the top-``n_boost`` channels by mean |k| over the page."""
+
+    n_boost: int
+
+    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor:
+        """``k_page`` ``(..., P, D)`` -> bool ``(..., D)`` with ``n_boost`` channels set."""
+        score = k_page.float().abs().mean(dim=-2)  # (..., D)
+        top = score.topk(self.n_boost, dim=-1).indices
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top, True)
+
+    def value_boost(self) -> torch.Tensor | None:
+        return None
+
+
+@dataclass(frozen=True)
+class StaticMask:
+    """A fixed per-(layer, KV head) channel set: bool ``(kv_heads, D)`` for one layer."""
+
+    mask: torch.Tensor
+    boost_values: bool = False
+
+    @property
+    def n_boost(self) -> int:
+        return int(self.mask[0].sum())
+
+    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor:
+        """bool ``(H, D)`` broadcast over leading dims of ``k_page`` ``(B, H, ..., P, D)``."""
+        m = self.mask.to(k_page.device)
+        extra = k_page.ndim - 2 - 2  # dims between H and P (e.g. a page axis)
+        return m.view(1, *m.shape[:1], *([1] * extra), m.shape[-1])
+
+    def value_boost(self) -> torch.Tensor | None:
+        return self.mask.unsqueeze(0) if self.boost_values else None  # (1, H, D)
