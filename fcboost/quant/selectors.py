@@ -17,7 +17,7 @@ class NoBoost:
 
     n_boost: int = 0
 
-    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor | None:
+    def key_boost(self, pages: torch.Tensor) -> torch.Tensor | None:
         return None
 
     def value_boost(self) -> torch.Tensor | None:
@@ -30,9 +30,9 @@ class DynamicMagnitude:
 
     n_boost: int
 
-    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor:
-        """``k_page`` ``(..., P, D)`` -> bool ``(..., D)`` with ``n_boost`` channels set."""
-        score = k_page.float().abs().mean(dim=-2)  # (..., D)
+    def key_boost(self, pages: torch.Tensor) -> torch.Tensor:
+        """``pages`` ``(H, n_pages, P, D)`` -> bool ``(H, n_pages, D)`` with ``n_boost`` channels set."""
+        score = pages.float().abs().mean(dim=-2)  # (H, n_pages, D)
         top = score.topk(self.n_boost, dim=-1).indices
         return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top, True)
 
@@ -42,7 +42,7 @@ class DynamicMagnitude:
 
 @dataclass(frozen=True)
 class StaticMask:
-    """A fixed per-(layer, KV head) channel set: bool ``(kv_heads, D)`` for one layer."""
+    """A fixed per-(layer, KV head) channel set: bool ``mask`` ``(kv_heads, D)`` for one layer."""
 
     mask: torch.Tensor
     boost_values: bool = False
@@ -51,11 +51,10 @@ class StaticMask:
     def n_boost(self) -> int:
         return int(self.mask[0].sum())
 
-    def key_boost(self, k_page: torch.Tensor) -> torch.Tensor:
-        """bool ``(H, D)`` broadcast over leading dims of ``k_page`` ``(B, H, ..., P, D)``."""
-        m = self.mask.to(k_page.device)
-        extra = k_page.ndim - 2 - 2  # dims between H and P (e.g. a page axis)
-        return m.view(1, *m.shape[:1], *([1] * extra), m.shape[-1])
+    def key_boost(self, pages: torch.Tensor) -> torch.Tensor:
+        """``pages`` ``(H, n_pages, P, D)`` -> bool ``(H, 1, D)`` (the same for every page)."""
+        return self.mask.to(pages.device).unsqueeze(1)
 
     def value_boost(self) -> torch.Tensor | None:
-        return self.mask.unsqueeze(0) if self.boost_values else None  # (1, H, D)
+        """bool ``(H, D)`` for values ``(H, N, D)``, or None without ``boost_values``."""
+        return self.mask if self.boost_values else None
