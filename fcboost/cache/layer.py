@@ -75,6 +75,7 @@ class QuantizedLayer(CacheLayerMixin):
         self.n_pad: list[int] | None = None
         self.n_real: list[int] = []
         self.seq_len = 0
+        self._pending: tuple | None = None
 
     # ----------------------------------------------------------------------------- state
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -147,18 +148,33 @@ class QuantizedLayer(CacheLayerMixin):
         if B != self.B or H != self.H or D != self.D:
             raise ValueError(f"update of shape {tuple(key_states.shape)} does not match the cache's (B,H,D)="
                              f"{(self.B, self.H, self.D)}")
+        # Quantize what the previous update left pending: it has been attended in 16 bits by now.
+        self.flush()
         t0 = self.seq_len
         self.mirror_k = _grow(self.mirror_k, 2, t0 + n)
         self.mirror_v = _grow(self.mirror_v, 2, t0 + n)
         self.mirror_k[:, :, t0 : t0 + n] = key_states
         self.mirror_v[:, :, t0 : t0 + n] = value_states
         self.seq_len = t0 + n
-        out = self.mirror_k[:, :, : self.seq_len], self.mirror_v[:, :, : self.seq_len]
-        for b in range(B):
+        self._pending = (t0, key_states, value_states)
+        return self.mirror_k[:, :, : self.seq_len], self.mirror_v[:, :, : self.seq_len]
+
+    def flush(self) -> None:
+        """Apply the timing rules to the tokens of the last update (sink, pages, value window).
+
+        Deferred to the next update (or to a read of the state) so that the tensors returned by
+        ``update`` keep the 16-bit view the current step attends with; this is the same as
+        quantizing right after attention.
+        """
+        if self._pending is None:
+            return
+        t0, key_states, value_states = self._pending
+        self._pending = None
+        n = key_states.shape[2]
+        for b in range(self.B):
             first = max(0, self.n_pad[b] - t0)  # pad columns of this update (first update only)
             if first < n:
                 self._append_row(b, key_states[b, :, first:], value_states[b, :, first:])
-        return out
 
     def _append_row(self, b: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add real tokens ``k``/``v`` ``(H, m, D)`` of row ``b`` and quantize per the timing rules."""
@@ -246,6 +262,7 @@ class QuantizedLayer(CacheLayerMixin):
     # -------------------------------------------------------------------- reading state
     def packed_keys(self, b: int) -> PackedKeys:
         """Row ``b``'s quantized key pages (leading dims ``(H, n_pages)``)."""
+        self.flush()
         n = self.n_pages(b)
         idx = None
         if self.k_hi is not None:
@@ -258,6 +275,7 @@ class QuantizedLayer(CacheLayerMixin):
         """Row ``b``'s real tokens as attention sees them, ``(H, n_real, D)`` each, rebuilt from the packed state."""
         from fcboost.quant.mixed import PackedValues
 
+        self.flush()
         c = self.cfg
         ns, npg, nvq = self.n_sink(b), self.n_pages(b), self.n_vq(b)
         ks = [self.sink_k[b, :, :ns].float()]
@@ -276,6 +294,7 @@ class QuantizedLayer(CacheLayerMixin):
         """Bytes of the packed state that holds this layer's real tokens (no capacity slack, no mirror)."""
         if not self.is_initialized:
             return 0
+        self.flush()
         H, D = self.H, self.D
         el = self.sink_k.element_size()
         total = 0
@@ -307,6 +326,7 @@ class QuantizedLayer(CacheLayerMixin):
         self.is_initialized = False
         self.seq_len = 0
         self.n_real = []
+        self._pending = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("beam search is not supported by the quantized cache (use sampling or greedy)")
