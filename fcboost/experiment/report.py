@@ -1,0 +1,474 @@
+"""The paper's tables from the results store: Table 1, Table 2, the GSM8K sanity check and Section 4.4.
+
+A *cell* is one (row, column) of a table: the values of one metric over *units* (run seeds for
+Table 1, mask seeds for the random-mask row of Table 2), shown as ``mean ± std (n=k)``.
+
+Std convention: the **population** standard deviation (``ddof=0``, numpy's default). With AIME's 30
+problems every accuracy is a multiple of 3.33 %, and among all triples on that grid only ``ddof=0``
+reproduces the paper's ``74.44 ± 1.57`` (73.33, 73.33, 76.67), ``67.78 ± 1.57``, ``65.56 ± 1.57`` and
+``63.33 ± 5.44`` (56.67, 63.33, 70.00); the sample std (``ddof=1``) gives 1.92 and 6.67 there. (The
+paper's baseline stds 7.78 / 5.56 / 8.89 are reproduced by no std of 3 values on that grid.)
+
+*Average* = per unit, the mean over the table's task columns, then mean ± std over the units present
+in every column (so with the same units everywhere its mean is the mean of the column means).
+*Δ* = the row's Average mean minus the baseline row's. A cell without records is ``—``, never 0.
+Cells and rendering: ``fcboost.experiment.tables``. CLI: ``scripts/make_tables.py`` or
+``python -m fcboost.experiment.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fcboost.experiment.tables import (
+    METHOD_LABELS,
+    METRICS,
+    MISSING,
+    STD_DDOF,
+    VARIANT_FIELDS,
+    Cell,
+    Column,
+    Metric,
+    Row,
+    Table,
+    build_table,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_store(results_dir: str | Path) -> pd.DataFrame:
+    """The results store as a flat frame: one row per finished job (the last record of a key wins).
+
+    Columns: the record keys, ``variant.<field>`` and ``metrics.<name>`` flattened. Uses
+    ``fcboost.experiment.results.load_results`` when present, else reads ``results.jsonl`` itself.
+    """
+    path = Path(results_dir)
+    try:
+        from fcboost.experiment.results import load_results
+    except ImportError:
+        load_results = None
+    if load_results is not None:
+        df = load_results(path)
+    else:
+        file = path / "results.jsonl" if path.is_dir() or not path.suffix else path
+        if not file.exists():
+            raise FileNotFoundError(f"no results store at {file} (expected <results_dir>/results.jsonl)")
+        df = pd.read_json(file, lines=True, dtype=False)
+    return normalize(df)
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Flatten ``variant``/``metrics`` dicts into columns, add ``row`` labels, drop superseded reruns."""
+    df = df.copy()
+    for col in ("variant", "metrics"):
+        if col in df.columns and len(df) and isinstance(df[col].iloc[0], dict):
+            flat = pd.json_normalize(df[col].tolist()).add_prefix(f"{col}.")
+            flat.index = df.index
+            df = pd.concat([df.drop(columns=[col]), flat], axis=1)
+    for f in (*VARIANT_FIELDS, "mask_seed"):
+        if f"variant.{f}" not in df.columns:
+            df[f"variant.{f}"] = None
+    if "finished_at" in df.columns and "key" in df.columns and len(df):
+        df = df.sort_values("finished_at", kind="stable").drop_duplicates("key", keep="last")
+    df["row"] = row_labels(df) if len(df) else pd.Series(dtype=str)
+    return df.reset_index(drop=True)
+
+
+def row_labels(df: pd.DataFrame) -> pd.Series:
+    """``METHOD_LABELS[method]``, plus the variant fields that differ between records of that method."""
+    labels = pd.Series(index=df.index, dtype=object)
+    for method, sub in df.groupby("method", sort=False):
+        varying = [f for f in VARIANT_FIELDS if sub[f"variant.{f}"].astype(str).nunique() > 1]
+        for idx, rec in sub.iterrows():
+            parts = []
+            for f in varying:
+                v = rec[f"variant.{f}"]
+                parts.append(
+                    ("V-boost " + ("on" if v else "off"))
+                    if f == "boost_values"
+                    else str(v)
+                    if f == "pair_layout"
+                    else f"{f}={v}"
+                )
+            base = METHOD_LABELS.get(method, str(method))
+            labels[idx] = f"{base} [{', '.join(parts)}]" if parts else base
+    return labels
+
+
+PAPER = {  # the paper's numbers (accuracy %), for the write-ups and the notebook
+    "table1": {
+        "KIVI-KV2*": (67.78, 7.78, 64.44, 5.56, 66.11),
+        "Kitty": (72.22, 8.89, 61.11, 7.78, 66.67),
+        "FCBoost (Ours)": (74.44, 1.57, 67.78, 1.57, 71.11),
+    },
+    "table2": {
+        "FCBoost (CA mask)": (74.44, 67.78, 71.11),
+        "Random mask": (63.33, 65.56, 64.44),
+        "KIVI-KV2* (no boost)": (65.56, 66.67, 66.11),
+    },
+    "gsm8k_sanity": {"FP16": 90.30, "KIVI-KV2*": 88.48, "Kitty": 88.48, "FCBoost (Ours)": 89.84},
+    "analysis_4_4": {"jaccard": (0.299, 0.122), "spearman": (0.670, 0.185)},
+}
+AIME = [Column("aime24", "acc", "AIME24"), Column("aime25", "acc", "AIME25")]
+GSM8K = [
+    Column("gsm8k", "strict_match", "GSM8K strict-match %"),
+    Column("gsm8k", "flexible_extract", "GSM8K flexible-extract %"),
+]
+SMALL = [
+    Column("gsm8k", "strict_match", "GSM8K strict-match %"),
+    Column("fidelity", "kl", "KL"),
+    Column("fidelity", "top1_agree", "top-1 agree %"),
+    Column("fidelity", "nll", "NLL"),
+]
+T1_ROWS = [Row(("kivi",)), Row(("kitty",)), Row(("fcboost",))]
+T2_ROWS = [
+    Row(("fcboost",), label="FCBoost (CA mask)"),
+    Row(("random_mask",), unit="variant.mask_seed", label="Random mask"),
+    Row(("kivi",), label="KIVI-KV2* (no boost)"),
+]
+G_ROWS = [Row(("fp16",)), Row(("kivi",)), Row(("kitty",)), Row(("fcboost",))]
+# name -> (model, columns, rows, average, baseline, title)
+EXPERIMENTS = {
+    "table1": (
+        "qwen3-8b",
+        AIME,
+        T1_ROWS,
+        True,
+        "KIVI-KV2*",
+        "Table 1: AIME24/25 accuracy %, mean ± std over seeds",
+    ),
+    "table2": (
+        "qwen3-8b",
+        AIME,
+        T2_ROWS,
+        True,
+        "KIVI-KV2* (no boost)",
+        "Table 2: CA mask vs random masks (mean ± std over mask seeds) vs no boost",
+    ),
+    "gsm8k_sanity": ("qwen3-8b", GSM8K, G_ROWS, False, "FP16", "GSM8K sanity check (8-shot CoT)"),
+    "table1_small": (
+        "smollm2-135m",
+        SMALL,
+        T1_ROWS,
+        False,
+        None,
+        "Table 1 (small, SmolLM2-135M): GSM8K subset + teacher-forced fidelity, mean ± std over seeds",
+    ),
+    "table2_small": (
+        "smollm2-135m",
+        SMALL,
+        T2_ROWS,
+        False,
+        None,
+        "Table 2 (small, SmolLM2-135M): CA mask vs random masks (over mask seeds) vs no boost",
+    ),
+    "gsm8k_small": (
+        "smollm2-135m",
+        GSM8K,
+        G_ROWS,
+        False,
+        "FP16",
+        "GSM8K sanity (small, SmolLM2-135M, subset)",
+    ),
+}
+ANALYSIS = {"analysis_4_4": "qwen3-8b", "analysis_small": "smollm2-135m"}
+
+
+def experiment_table(df: pd.DataFrame, name: str) -> Table:
+    """The table of experiment ``name`` (a key of ``EXPERIMENTS``) from the normalized store."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown table {name!r}; expected one of {sorted(EXPERIMENTS)}")
+    model, cols, rows, average, baseline, title = EXPERIMENTS[name]
+    sub = df[df["model"] == model] if len(df) else df
+    sub = normalize(sub.drop(columns=["row"])) if len(sub) else sub  # variant labels within this model
+    t = build_table(sub, name, title, cols, rows, average=average, baseline=baseline)
+    t.notes.append(
+        f"model {model}; std over units with ddof={STD_DDOF}; n = number of seeds (mask seeds for "
+        f"random masks); {MISSING} = no record"
+    )
+    return t
+
+
+def check_order(table: Table, chain: Sequence[str], strict: bool = True) -> list[dict]:
+    """Per column: does ``chain[0]`` beat ``chain[1]`` beat ... (better = the metric's direction)?
+
+    Returns one dict per column: ``holds`` (None when a row is missing), the means, the smallest gap
+    between neighbours (in the better direction) and the largest std of the cells involved.
+    """
+    out = []
+    for j, col in enumerate(table.columns):
+        sign = 1.0 if METRICS.get(col.metric, Metric(col.metric)).higher_is_better else -1.0
+        cells = [table.rows.get(r, [Cell()] * len(table.columns))[j] for r in chain]
+        rec = {
+            "column": col.header,
+            "chain": " > ".join(chain) if strict else " ≥ ".join(chain),
+            "means": [c.mean if c.n else None for c in cells],
+            "holds": None,
+            "min_gap": None,
+            "max_std": None,
+        }
+        if all(c.n for c in cells):
+            gaps = [round(sign * (a.mean - b.mean), 9) for a, b in zip(cells, cells[1:])]  # no fp ties
+            rec.update(
+                holds=all(g > 0 if strict else g >= 0 for g in gaps),
+                min_gap=min(gaps),
+                max_std=max(c.std for c in cells),
+            )
+        out.append(rec)
+    return out
+
+
+def orderings(table: Table) -> list[dict]:
+    """The paper's claims checked on ``table``: FCBoost > Kitty > KIVI; CA > random; random ≤ no boost."""
+    rows = list(table.rows)
+    checks: list[tuple[list[str], bool]] = []
+    if "Kitty" in rows:
+        checks += [([r, "Kitty", "KIVI-KV2*"], True) for r in rows if r.startswith("FCBoost")]
+    if any(r.startswith("Random mask") for r in rows):
+        rand = [r for r in rows if r.startswith("Random mask")]
+        checks += [([r, q], True) for r in rows if r.startswith("FCBoost (CA") for q in rand]
+        checks += [(["KIVI-KV2* (no boost)", q], False) for q in rand]
+    return [c for chain, strict in checks for c in check_order(table, chain, strict)]
+
+
+def orderings_markdown(table: Table) -> str:
+    lines = ["| claim | column | means | holds | smallest gap | largest std |", "|---|---|---|---|---|---|"]
+    for c in orderings(table):
+        means = ", ".join(MISSING if m is None else f"{m:.3g}" for m in c["means"])
+        holds = MISSING if c["holds"] is None else ("yes" if c["holds"] else "**no**")
+        gap = MISSING if c["min_gap"] is None else f"{c['min_gap']:+.3g}"
+        std = MISSING if c["max_std"] is None else f"{c['max_std']:.3g}"
+        lines.append(f"| {c['chain']} | {c['column']} | {means} | {holds} | {gap} | {std} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
+    """Section 4.4 from an ``analysis_4_4`` JSON (``scripts/analysis_4_4.py``): Jaccard and Spearman."""
+    res = result.get("result", result)
+    t = Table(
+        name,
+        f"Section 4.4: CA vs per-page magnitude top-16 ({result.get('model', '?')})",
+        [Column("4.4", "jaccard", "Jaccard"), Column("4.4", "spearman", "Spearman ρ")],
+        digits=3,
+    )
+    pj, ps = PAPER["analysis_4_4"]["jaccard"], PAPER["analysis_4_4"]["spearman"]
+    t.rows["Paper (Qwen3-8B)"] = [_stat_cell(pj), _stat_cell(ps)]
+    for label, r in _analysis_rows(res).items():
+        t.rows[label] = [_stat_cell(r.get("jaccard")), _stat_cell(r.get("spearman"))]
+    t.notes.append("cells: mean ± std over (layer, KV head[, page]); n = count reported by the analysis")
+    return t
+
+
+def _analysis_rows(res: dict) -> dict[str, dict]:
+    """Mask name -> {jaccard: {...}, spearman: {...}}; accepts a flat result or one keyed by mask."""
+    if "jaccard" in res or "spearman" in res:
+        return {"Ours (CA mask)": res}
+    return {
+        f"Ours ({k})": v
+        for k, v in res.items()
+        if isinstance(v, dict) and ("jaccard" in v or "spearman" in v)
+    }
+
+
+def _stat_cell(s) -> Cell:
+    """Cell from (mean, std), {mean, std, n} or None; the values reproduce mean/std exactly (ddof=0)."""
+    if s is None:
+        return Cell()
+    mean, std, n = (
+        (s[0], s[1], None) if isinstance(s, (tuple, list)) else (s["mean"], s.get("std", 0.0), s.get("n"))
+    )
+    return _Summary((float(mean), float(std)), int(n) if n else None)
+
+
+@dataclass(frozen=True)
+class _Summary(Cell):
+    """A cell known only by its summary: ``values`` = (mean, std); ``count`` shown as n."""
+
+    count: int | None = None
+
+    @property
+    def n(self) -> int:
+        return self.count or 1
+
+    @property
+    def mean(self) -> float:
+        return self.values[0]
+
+    @property
+    def std(self) -> float:
+        return self.values[1]
+
+    def fmt(self, digits: int = 2, bold: bool = False) -> str:
+        body = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return f"**{body}**" if bold else (body + (f" (n={self.count})" if self.count else ""))
+
+
+# --------------------------------------------------------------------------------------------- output
+def load_analysis(analysis_dir: str | Path, name: str) -> dict | None:
+    """``<analysis_dir>/<name>.json`` written by ``scripts/analysis_4_4.py``, or None."""
+    path = Path(analysis_dir) / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def make_tables(
+    df: pd.DataFrame, names: Sequence[str], analysis_dir: str | Path | None = None
+) -> dict[str, Table]:
+    """Tables of ``names`` (keys of ``EXPERIMENTS`` or ``ANALYSIS``); a missing analysis JSON is skipped."""
+    out = {}
+    for name in names:
+        if name in ANALYSIS:
+            res = load_analysis(analysis_dir, name) if analysis_dir else None
+            if res is None:
+                log.warning("no %s.json under %s: skipping the 4.4 table", name, analysis_dir)
+                continue
+            out[name] = analysis_table(res, name)
+        else:
+            out[name] = experiment_table(df, name)
+    return out
+
+
+def block(table: Table) -> str:
+    """What a write-up shows between its markers: the table and the paper's orderings checked on it."""
+    order = orderings_markdown(table) if table.name in EXPERIMENTS else ""
+    return table.to_markdown() + (
+        f"\n\nOrderings claimed by the paper, checked per column:\n\n{order}" if order else ""
+    )
+
+
+def write_tables(tables: dict[str, Table], out_dir: str | Path) -> list[Path]:
+    """``<out_dir>/<name>.{md,tex,csv}`` per table; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, t in tables.items():
+        for ext, text in (("md", block(t) + "\n"), ("tex", t.to_latex() + "\n")):
+            (out / f"{name}.{ext}").write_text(text)
+            paths.append(out / f"{name}.{ext}")
+        t.to_frame().to_csv(out / f"{name}.csv", index=False)
+        paths.append(out / f"{name}.csv")
+    return paths
+
+
+MARKER = re.compile(r"(<!-- BEGIN TABLE (?P<name>[\w.-]+) -->\n).*?(\n<!-- END TABLE (?P=name) -->)", re.S)
+
+
+def update_docs(
+    docs_dir: str | Path, tables: dict[str, Table], extra: dict[str, str] | None = None
+) -> list[Path]:
+    """Rewrite every ``<!-- BEGIN TABLE name --> ... <!-- END TABLE name -->`` block of ``docs_dir/*.md``.
+
+    ``name`` is a table name (its ``block``) or a key of ``extra`` (text given as is); blocks of
+    names that are not available are left as they are.
+    """
+    texts = {n: block(t) for n, t in tables.items()} | dict(extra or {})
+    changed = []
+    for md in sorted(Path(docs_dir).glob("*.md")):
+        src = md.read_text()
+        new = MARKER.sub(
+            lambda m: m.group(1) + texts[m["name"]] + m.group(3) if m["name"] in texts else m.group(0), src
+        )
+        if new != src:
+            md.write_text(new)
+            changed.append(md)
+    return changed
+
+
+def log_wandb(
+    tables: dict[str, Table],
+    mode: str = "offline",
+    project: str = "fcboost",
+    dir: str | Path = "runs",
+    images: Sequence[Path] = (),
+) -> bool:
+    """Log each table (long form) and the pictures to one W&B run of job type ``report``.
+
+    ``mode``: ``offline``/``online``; ``disabled`` or ``off`` logs nothing. W&B failing never fails
+    the report (the files are already written); returns whether it logged.
+    """
+    if mode in ("off", "disabled") or not tables:
+        return False
+    try:
+        import wandb
+
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=project, mode=mode, dir=str(dir), job_type="report", name="tables", reinit=True
+        )
+        run.log({f"table/{n}": wandb.Table(dataframe=t.to_frame()) for n, t in tables.items()})
+        run.log({f"figure/{Path(p).stem}": wandb.Image(str(p)) for p in images})
+        run.finish()
+        return True
+    except Exception as exc:  # noqa: BLE001 - tracking must never lose the local outputs
+        log.warning("W&B logging failed (%s); tables and pictures are on disk", exc)
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="make_tables", description="Tables 1/2, GSM8K and 4.4 from the results store"
+    )
+    p.add_argument("--results-dir", default="runs/results", help="store dir holding results.jsonl")
+    p.add_argument(
+        "--tables", default="all", help=f"comma list of {sorted(EXPERIMENTS) + sorted(ANALYSIS)} or all"
+    )
+    p.add_argument(
+        "--analysis-dir", default="experiments/analysis", help="where scripts/analysis_4_4.py wrote JSON"
+    )
+    p.add_argument("--out", default="experiments/tables", help="dir for <table>.md/.tex/.csv")
+    p.add_argument("--figures", default="experiments/figures", help="dir for PNGs ('' for none)")
+    p.add_argument(
+        "--update-docs",
+        nargs="?",
+        const="experiments",
+        default=None,
+        metavar="DIR",
+        help="rewrite the <!-- BEGIN TABLE name --> blocks of DIR/*.md (default experiments)",
+    )
+    p.add_argument("--wandb", default="offline", choices=["offline", "online", "off"], help="W&B mode")
+    p.add_argument("--skip-empty", action="store_true", help="leave out tables with no records at all")
+    a = p.parse_args(argv)
+    names = (
+        [*EXPERIMENTS, *ANALYSIS]
+        if a.tables == "all"
+        else [n.strip() for n in a.tables.split(",") if n.strip()]
+    )
+    bad = [n for n in names if n not in EXPERIMENTS and n not in ANALYSIS]
+    if bad:
+        p.error(f"unknown table(s) {bad}; expected names from {sorted(EXPERIMENTS) + sorted(ANALYSIS)}")
+    try:
+        df = load_store(a.results_dir)
+    except FileNotFoundError as exc:
+        log.warning("%s: every cell is missing", exc)
+        df = normalize(pd.DataFrame(columns=["key", "model", "method", "task", "seed", "finished_at"]))
+    tables = make_tables(df, names, a.analysis_dir)
+    if a.skip_empty:
+        tables = {n: t for n, t in tables.items() if any(c.n for cells in t.rows.values() for c in cells)}
+    for t in tables.values():
+        print(block(t), end="\n\n")
+    written = write_tables(tables, a.out)
+    images: list[Path] = []
+    if a.figures:
+        from fcboost.experiment.plots import save_figures
+
+        images = save_figures(df, tables, a.figures)
+        written += images
+    if a.update_docs:
+        written += update_docs(a.update_docs, tables)
+    log_wandb(tables, a.wandb, images=images)
+    print("wrote:", *map(str, written), sep="\n  ")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
