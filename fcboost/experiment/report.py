@@ -253,31 +253,45 @@ def orderings_markdown(table: Table) -> str:
 
 
 def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
-    """Section 4.4 from an ``analysis_4_4`` JSON (``scripts/analysis_4_4.py``): Jaccard and Spearman."""
+    """Section 4.4 from the JSON of ``scripts/analysis_4_4.py`` (``result`` = ``fcboost.masks.analysis.analysis_4_4``).
+
+    Rows: the paper, then one per mask: page Jaccard vs Kitty's per-page top-``n_top`` channels and
+    (CA masks) Spearman of CA vs per-pair mean ``|k|``. Stds are the analysis's own (over pages or
+    (layer, KV head) cells; with n in the hundreds ddof hardly matters).
+    """
     res = result.get("result", result)
     t = Table(
         name,
-        f"Section 4.4: CA vs per-page magnitude top-16 ({result.get('model', '?')})",
-        [Column("4.4", "jaccard", "Jaccard"), Column("4.4", "spearman", "Spearman ρ")],
+        f"Section 4.4: static masks vs per-page magnitude top-{res.get('n_top', 16)} ({result.get('model', '?')})",
+        [
+            Column("4.4", "jaccard", "page Jaccard vs Kitty top-K"),
+            Column("4.4", "spearman", "Spearman ρ (CA vs |k|)"),
+        ],
         digits=3,
     )
     pj, ps = PAPER["analysis_4_4"]["jaccard"], PAPER["analysis_4_4"]["spearman"]
-    t.rows["Paper (Qwen3-8B)"] = [_stat_cell(pj), _stat_cell(ps)]
-    for label, r in _analysis_rows(res).items():
-        t.rows[label] = [_stat_cell(r.get("jaccard")), _stat_cell(r.get("spearman"))]
-    t.notes.append("cells: mean ± std over (layer, KV head[, page]); n = count reported by the analysis")
+    t.rows["Paper (Qwen3-8B, CA)"] = [_stat_cell(pj), _stat_cell(ps)]
+    jac, rho = res.get("page_jaccard", {}), res.get("spearman_ca_vs_magnitude", {})
+    for mask in dict.fromkeys([*jac, *rho]):
+        t.rows[f"Ours: {mask}"] = [_stat_cell(jac.get(mask)), _stat_cell(rho.get(mask))]
+    t.notes.append(
+        "cells: mean ± std (n = pages for Jaccard, (layer, KV head) cells for Spearman); — = not defined"
+    )
     return t
 
 
-def _analysis_rows(res: dict) -> dict[str, dict]:
-    """Mask name -> {jaccard: {...}, spearman: {...}}; accepts a flat result or one keyed by mask."""
-    if "jaccard" in res or "spearman" in res:
-        return {"Ours (CA mask)": res}
-    return {
-        f"Ours ({k})": v
-        for k, v in res.items()
-        if isinstance(v, dict) and ("jaccard" in v or "spearman" in v)
-    }
+def overlap_table(result: dict, name: str) -> Table:
+    """Jaccard of the channel sets of two static masks per (layer, KV head), from the 4.4 JSON."""
+    res = result.get("result", result)
+    t = Table(
+        name,
+        f"Mask overlap (Jaccard per (layer, KV head), {result.get('model', '?')})",
+        [Column("4.4", "jaccard", "Jaccard")],
+        digits=3,
+    )
+    for pair, stats in res.get("mask_overlap", {}).items():
+        t.rows[pair.replace("|", " vs ")] = [_stat_cell(stats)]
+    return t
 
 
 def _stat_cell(s) -> Cell:
@@ -332,6 +346,7 @@ def make_tables(
                 log.warning("no %s.json under %s: skipping the 4.4 table", name, analysis_dir)
                 continue
             out[name] = analysis_table(res, name)
+            out[f"{name}_overlap"] = overlap_table(res, f"{name}_overlap")
         else:
             out[name] = experiment_table(df, name)
     return out

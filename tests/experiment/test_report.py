@@ -155,19 +155,24 @@ def test_build_table_generic_and_latex():
 
 
 def test_analysis_table_and_docs_update(tmp_path, df):
+    stats = {"mean": 0.25, "std": 0.1, "n": 90}
     res = {
         "model": "smollm2-135m",
         "result": {
-            "jaccard": {"mean": 0.25, "std": 0.1, "n": 90},
-            "spearman": {"mean": 0.5, "std": 0.2, "n": 90},
+            "n_top": 16,
+            "page_jaccard": {"ca": stats, "random": stats},
+            "spearman_ca_vs_magnitude": {"ca": {"mean": 0.5, "std": 0.2, "n": 90}},
+            "mask_overlap": {"ca|random": {"mean": 0.1, "std": 0.05, "n": 90}},
         },
     }
     (tmp_path / "analysis_small.json").write_text(json.dumps(res))
     tables = report.make_tables(df, ["table1", "analysis_small", "analysis_4_4"], tmp_path)
     assert "analysis_4_4" not in tables  # no JSON: skipped, not zero
     a = tables["analysis_small"]
-    assert a.rows["Paper (Qwen3-8B)"][0].fmt(3) == "0.299 ± 0.122"
-    assert a.rows["Ours (CA mask)"][1].fmt(3) == "0.500 ± 0.200 (n=90)"
+    assert a.rows["Paper (Qwen3-8B, CA)"][0].fmt(3) == "0.299 ± 0.122"
+    assert a.rows["Ours: ca"][1].fmt(3) == "0.500 ± 0.200 (n=90)"
+    assert a.rows["Ours: random"][1].fmt(3) == "—"  # no CA scores: Spearman not defined, not 0
+    assert tables["analysis_small_overlap"].rows["ca vs random"][0].fmt(3) == "0.100 ± 0.050 (n=90)"
     doc = tmp_path / "docs"
     doc.mkdir()
     (doc / "t1.md").write_text(
@@ -205,3 +210,13 @@ def test_cli_runs_on_fixture(tmp_path, capsys):
     assert "**74.44 ± 1.57** (n=3)" in out and "63.33 ± 5.44 (n=3)" in out
     with pytest.raises(SystemExit):
         report.main(["--tables", "table9", "--wandb", "off"])
+
+
+def test_bar_chart_png(tmp_path, df):
+    from fcboost.experiment.plots import save_figures
+
+    tables = {n: report.experiment_table(df, n) for n in ("table1", "gsm8k_sanity", "table1_small")}
+    paths = save_figures(df, tables, tmp_path, mask_dirs=[tmp_path / "none"])
+    # gsm8k_sanity has no records: no picture of an empty table
+    assert [p.name for p in paths] == ["table1.png", "table1_small.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
