@@ -10,8 +10,8 @@ Resolution order of :func:`resolve_data_file` (first hit wins):
 Offline with nothing found, a :class:`FileNotFoundError` lists every place it looked.
 
 :func:`calibration_chunks` follows the FCBoost authors' profiler: lines longer than 100 characters
-are joined, the joined text is cut into chunks that are tokenized and truncated to ``seq_len``
-tokens, and chunks under ``min_tokens`` (512) tokens are skipped.
+are joined, the joined text is cut into chunks (at line boundaries) that are tokenized and truncated
+to ``seq_len`` tokens, and chunks under ``min_tokens`` (512) tokens are skipped.
 """
 
 from __future__ import annotations
@@ -118,37 +118,35 @@ def calibration_chunks(
     n_sequences: int,
     seq_len: int,
     min_tokens: int = 512,
-    chars_per_token: float = 8.0,
 ) -> list[torch.Tensor]:
     """``n_sequences`` LongTensors ``(T,)`` with ``min_tokens <= T <= seq_len`` (full chunks are ``seq_len``).
 
     ``source``: a data file or name (see :func:`resolve_data_file`) or a list of texts. Lines over
-    100 characters are joined with spaces in order; a chunk grows line by line until it tokenizes to
-    at least ``seq_len`` tokens (or the text ends), then it is truncated to ``seq_len``. No special
-    tokens (BOS) are added, as in the authors' profiler.
+    100 characters are kept in order; a chunk is the shortest run of consecutive kept lines whose
+    space-joined text tokenizes to at least ``seq_len`` tokens (or the rest of the text), truncated
+    to ``seq_len``; the next chunk starts at the next line. A chunk under ``min_tokens`` tokens is
+    skipped. No special tokens (BOS) are added, as in the authors' profiler.
     """
     if n_sequences < 1 or seq_len < 1:
         raise ValueError(f"n_sequences={n_sequences} and seq_len={seq_len} must be >= 1")
     if min_tokens > seq_len:
         raise ValueError(f"min_tokens={min_tokens} exceeds seq_len={seq_len}; lower min_tokens")
     lines = read_long_lines(source)
+
+    def encode(i: int, n: int) -> list[int]:
+        return tokenizer(" ".join(lines[i : i + n]), add_special_tokens=False)["input_ids"]
+
     chunks: list[torch.Tensor] = []
     i = 0
-    target_chars = int(seq_len * chars_per_token)
     while i < len(lines) and len(chunks) < n_sequences:
-        parts: list[str] = []
-        n_chars = 0
-        ids: list[int] = []
-        while i < len(lines):
-            parts.append(lines[i])
-            n_chars += len(lines[i]) + 1
-            i += 1
-            if n_chars >= target_chars or i == len(lines):
-                ids = tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"]
-                if len(ids) >= seq_len:
-                    break
-                target_chars = n_chars + int((seq_len - len(ids)) * chars_per_token)
-        target_chars = int(seq_len * chars_per_token)
+        lo, hi = 0, 1  # lines[i:i+lo] is too short; grow hi until lines[i:i+hi] is long enough (or all)
+        while len(encode(i, hi)) < seq_len and i + hi < len(lines):
+            lo, hi = hi, min(2 * hi, len(lines) - i)
+        while hi - lo > 1:  # shortest run reaching seq_len tokens
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(encode(i, mid)) >= seq_len else (mid, hi)
+        ids = encode(i, hi)
+        i += hi
         if len(ids) >= min_tokens:
             chunks.append(torch.tensor(ids[:seq_len], dtype=torch.long))
     if len(chunks) < n_sequences:

@@ -88,14 +88,27 @@ def _as_chunks(tokenizer, texts, n_sequences: int, seq_len: int, min_tokens: int
     return chunks
 
 
+def _ca_kw(model, spec: MaskSpec, max_elements: int | None) -> dict:
+    if max_elements is None:
+        max_elements = 1 << 28 if next(model.parameters()).device.type == "cuda" else 1 << 26
+    return {"top_k": spec.top_k, "n_positions": spec.n_positions, "max_elements": max_elements}
+
+
 def build_mask(
-    model, tokenizer, texts_or_chunks, spec: MaskSpec, fingerprint: dict | None = None, progress: bool = True
+    model,
+    tokenizer,
+    texts_or_chunks,
+    spec: MaskSpec,
+    fingerprint: dict | None = None,
+    progress: bool = True,
+    max_elements: int | None = None,
 ) -> ChannelMask:
     """Profile ``model`` on the calibration data and return the top-``spec.n_pairs`` mask of ``spec.method``.
 
     ``texts_or_chunks``: a data name/path, a list of texts, or a list of LongTensor ``(T,)``.
     The mask holds pair scores (``"<method>_kv"`` ``(L, Hkv, d/2)``; for CA also ``"ca_q"``
-    ``(L, Hq, d/2)``) and provenance in ``meta``.
+    ``(L, Hq, d/2)``) and provenance in ``meta``. ``max_elements`` bounds the CA working block
+    (default 2^26 on CPU, 2^28 on CUDA: ~1 GB / ~4 GB float32 peak); it does not change the result.
     """
     check_supported(model.config)
     _check_n_pairs(model, spec.n_pairs)
@@ -116,7 +129,7 @@ def build_mask(
         shape.n_layers,
         shape.n_kv_heads,
         spec.pair_layout,
-        **({"top_k": spec.top_k, "n_positions": spec.n_positions} if spec.method == "ca" else {}),
+        **(_ca_kw(model, spec, max_elements) if spec.method == "ca" else {}),
     )
     t0 = time.perf_counter()
     run_capture(model, chunks, obs.update, progress=progress, desc=f"profile {spec.method}")
@@ -153,6 +166,7 @@ def profile_ca(
     min_tokens: int = 512,
     fingerprint: dict | None = None,
     progress: bool = True,
+    max_elements: int | None = None,
 ) -> ChannelMask:
     """CA mask: top-``n_pairs`` RoPE pairs per (layer, KV head) by Contextual Agreement.
 
@@ -171,7 +185,7 @@ def profile_ca(
         n_positions,
         top_k,
     )
-    return build_mask(model, tokenizer, texts, spec, fingerprint, progress)
+    return build_mask(model, tokenizer, texts, spec, fingerprint, progress, max_elements)
 
 
 def mask_key(fingerprint: dict, spec: MaskSpec, data_file_hash: str | None) -> str:
