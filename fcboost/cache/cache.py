@@ -92,5 +92,6 @@ class QuantizedKVCache(Cache):
         total = 0
         for layer in self.layers:
             if layer.is_initialized:
+                layer.flush()
                 total += 2 * sum(layer.n_real) * layer.H * layer.D * 2
         return total

@@ -304,10 +304,10 @@ class QuantizedLayer(CacheLayerMixin):
             npg, nvq = self.n_pages(b), self.n_vq(b)
             for t in (self.k_lo, self.k_hi, self.k_idx, self.k_scale, self.k_zero):
                 if t is not None:
-                    total += npg * t[0, :, 0].numel() * t.element_size()
+                    total += npg * _entry_numel(t) * t.element_size()
             for t in (self.v_lo, self.v_hi, self.v_scale, self.v_zero):
                 if t is not None:
-                    total += nvq * t[0, :, 0].numel() * t.element_size()
+                    total += nvq * _entry_numel(t) * t.element_size()
         if self.boost_idx is not None:
             total += self.boost_idx.numel() * self.boost_idx.element_size()
         return total
@@ -330,6 +330,14 @@ class QuantizedLayer(CacheLayerMixin):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("beam search is not supported by the quantized cache (use sampling or greedy)")
+
+
+def _entry_numel(t: torch.Tensor) -> int:
+    """Elements of one page/token entry of a ``(B, H, N, ...)`` storage tensor, for all heads."""
+    n = t.shape[1]
+    for s in t.shape[3:]:
+        n *= s
+    return n
 
 
 def _hi_storage(bits: int, boost_bits: int) -> int:
