@@ -1,0 +1,658 @@
+"""Fused decode attention over the packed cache: [16-bit sink | 2-bit pages | 16-bit buffers].
+
+One query token per sequence. Grid ``(B*H, NSPLIT + 1)`` (flash-decoding): splits ``0..NSPLIT-1``
+each take a contiguous run of *page tiles* (``BN = 4R`` tokens whose key **and** value are both
+quantized, inside one key page); split ``NSPLIT`` takes the rest (sink, the partly quantized tail,
+key buffer and value window, ragged ends), token by token from whichever source holds it. A small
+combine kernel merges the splits' ``(acc, m, l)`` with log-sum-exp. The ``G`` query heads of a KV
+head form the M dimension (padded to 16) of every ``tl.dot``; logits never leave registers.
+
+Page tiles never unpack codes into a dense tile: 2-bit key codes run along tokens (byte row r of
+a page holds tokens 4r..4r+3), so a tile is four sub-tiles of R tokens ``{4r+j}``, each one dot of
+``q*scale`` (fp16) against the codes, plus ``q.zero`` (scale and zero folded into q); boosted key
+channels add ``4 * (q*scale)[idx] . hi`` from the dense hi plane (static mask: one idx per head,
+Kitty: one per page). Value codes run along channels (byte c holds channels 4c..4c+3), so P.V is
+four dots into four accumulators of channels ``{4c+k}``, with the per-token scale folded into P
+and the zero into a running ``sum(p*zero)``; boosted value channels (their own scale group)
+accumulate ``(p*s1) . (lo + 4 hi)`` in slot space and replace their channels at the end.
+Supported: 2-bit keys/values, 4-bit boost, ``P % 64 == 0``, head_dim 64 or 128.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fcboost.kernels.state import PackedKVState
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _kscore(qs, kb, qh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr):
+    """Scores (BM, R) of the sub-tile of tokens 4r+J: q*scale . codes + q.zero (log2 units)."""
+    c = ((kb >> (2 * J)) & 3).to(tl.float16)  # (R, D)
+    s = tl.dot(qs, tl.trans(c)) + bias[:, None]
+    if KBOOST:
+        ch = ((hb >> (2 * J)) & 3).to(tl.float16)  # (R, NBP)
+        s += 4.0 * tl.dot(qh, tl.trans(ch))
+    return s
+
+
+@triton.jit
+def _vpart(
+    p,
+    vt,
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    accb,
+    zs0,
+    zs1,
+    v_lo,
+    v_hi,
+    v_sc,
+    v_zr,
+    s_vlt,
+    s_vht,
+    s_vst,
+    vid,
+    cb,
+    sb,
+    NB: tl.constexpr,
+    VBOOST: tl.constexpr,
+):
+    """Add the sub-tile's P (BM, R) times its value tokens ``vt`` (R,) to the accumulators."""
+    s0 = tl.load(v_sc + vt * s_vst).to(tl.float32)
+    z0 = tl.load(v_zr + vt * s_vst).to(tl.float32)
+    vb = tl.load(v_lo + vt[:, None] * s_vlt + cb[None, :]).to(tl.int32)  # (R, D/4)
+    ps = (p * s0[None, :]).to(tl.float16)
+    acc0 += tl.dot(ps, (vb & 3).to(tl.float16))
+    acc1 += tl.dot(ps, ((vb >> 2) & 3).to(tl.float16))
+    acc2 += tl.dot(ps, ((vb >> 4) & 3).to(tl.float16))
+    acc3 += tl.dot(ps, ((vb >> 6) & 3).to(tl.float16))
+    zs0 += tl.sum(p * z0[None, :], axis=1)
+    if VBOOST:
+        s1 = tl.load(v_sc + vt * s_vst + 1).to(tl.float32)
+        z1 = tl.load(v_zr + vt * s_vst + 1).to(tl.float32)
+        blo = (
+            tl.load(v_lo + vt[:, None] * s_vlt + (vid // 4)[None, :]).to(tl.int32) >> (2 * (vid % 4))[None, :]
+        ) & 3
+        bhi = (
+            tl.load(v_hi + vt[:, None] * s_vht + (sb // 4)[None, :], mask=(sb < NB)[None, :], other=0).to(
+                tl.int32
+            )
+            >> (2 * (sb % 4))[None, :]
+        ) & 3
+        accb += tl.dot((p * s1[None, :]).to(tl.float16), (blo + 4 * bhi).to(tl.float16))
+        zs1 += tl.sum(p * z1[None, :], axis=1)
+    return acc0, acc1, acc2, acc3, accb, zs0, zs1
+
+
+@triton.jit
+def _decode_kernel(
+    Q,
+    s_qb,
+    s_qh,  # (B, Hq, D)
+    SK,
+    SV,
+    s_sb,
+    s_sh,
+    s_st,  # (B, H, S, D) sink keys / values
+    KB,
+    s_kbb,
+    s_kbh,
+    s_kbt,  # (B, H, >=P+1, D) key buffer
+    VW,
+    s_vwb,
+    s_vwh,
+    s_vwt,  # (B, H, >=W+1, D) value window
+    KLO,
+    s_klb,
+    s_klh,
+    s_klp,
+    s_klr,  # (B, H, NP, P/4, D) uint8
+    KHI,
+    s_khb,
+    s_khh,
+    s_khp,
+    s_khr,  # (B, H, NP, P/4, nb) uint8
+    KIDX,
+    s_kib,
+    s_kih,
+    s_kip,  # (B, H, NP, nb) int16 (Kitty) or (H, nb) with zero b/p strides
+    KSC,
+    KZR,
+    s_ksb,
+    s_ksh,
+    s_ksp,  # (B, H, NP, D) float16
+    VLO,
+    s_vlb,
+    s_vlh,
+    s_vlt,  # (B, H, NV, D/4) uint8
+    VHI,
+    s_vhb,
+    s_vhh,
+    s_vht,  # (B, H, NV, ceil(nb/4)) uint8
+    VIDX,  # (H, nb) int16
+    VSC,
+    VZR,
+    s_vsb,
+    s_vsh,
+    s_vst,  # (B, H, NV, G) float16
+    NREAL,
+    NPAGES,
+    NVQ,  # (B,) int32
+    O_ACC,
+    O_M,
+    O_L,  # (B*H, NSPLIT+1, GQ, D) fp32, (B*H, NSPLIT+1, GQ) fp32 x2
+    qk_scale,
+    H,
+    NSPLIT,
+    GQ: tl.constexpr,
+    BM: tl.constexpr,
+    D: tl.constexpr,
+    S: tl.constexpr,
+    P: tl.constexpr,
+    R: tl.constexpr,
+    BT: tl.constexpr,
+    NB: tl.constexpr,
+    NBP: tl.constexpr,
+    KBOOST: tl.constexpr,
+    VBOOST: tl.constexpr,
+    PAGED: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    nreal = tl.load(NREAL + b)
+    npg = tl.load(NPAGES + b)
+    nvq = tl.load(NVQ + b)
+    ns = tl.minimum(nreal, S)
+    BN: tl.constexpr = 4 * R
+    nft = tl.minimum(npg * P, nvq) // BN if PAGED else nreal * 0
+    m_ar = tl.arange(0, BM)
+    d = tl.arange(0, D)
+    q_ptr = Q + b * s_qb + (h * GQ + m_ar)[:, None] * s_qh
+    qf = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float32) * qk_scale  # (BM, D)
+    m_i = tl.full((BM,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    o_base = (bh * (NSPLIT + 1) + split) * GQ
+    sb = tl.arange(0, NBP)
+    if split < NSPLIT:
+        D4: tl.constexpr = D // 4
+        acc0 = tl.zeros((BM, D4), tl.float32)
+        acc1 = tl.zeros((BM, D4), tl.float32)
+        acc2 = tl.zeros((BM, D4), tl.float32)
+        acc3 = tl.zeros((BM, D4), tl.float32)
+        accb = tl.zeros((BM, NBP), tl.float32)
+        zs0 = tl.zeros((BM,), tl.float32)
+        zs1 = tl.zeros((BM,), tl.float32)
+        per = tl.cdiv(nft, NSPLIT)
+        i0 = split * per
+        i1 = tl.minimum(i0 + per, nft)
+        rr = tl.arange(0, R)
+        cb = tl.arange(0, D4)
+        vid = sb
+        if VBOOST:
+            vid = tl.load(VIDX + h * NB + sb, mask=sb < NB, other=0).to(tl.int32)
+        k_base = KLO + b * s_klb + h * s_klh
+        v_lo = VLO + b * s_vlb + h * s_vlh
+        v_hi = VHI + b * s_vhb + h * s_vhh
+        v_sc = VSC + b * s_vsb + h * s_vsh
+        v_zr = VZR + b * s_vsb + h * s_vsh
+        for i in range(i0, i1):
+            tok0 = i * BN  # relative to S
+            pg = tok0 // P
+            r0 = (tok0 % P) // 4
+            sc = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + d).to(tl.float32)
+            zr = tl.load(KZR + b * s_ksb + h * s_ksh + pg * s_ksp + d).to(tl.float32)
+            qs = (qf * sc[None, :]).to(tl.float16)
+            bias = tl.sum(qf * zr[None, :], axis=1)
+            kb = tl.load(k_base + pg * s_klp + (r0 + rr)[:, None] * s_klr + d[None, :]).to(tl.int32)  # (R, D)
+            if KBOOST:
+                kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=sb < NB, other=0).to(
+                    tl.int32
+                )
+                ksc_h = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + kid).to(tl.float32)
+                qg = tl.load(q_ptr + kid[None, :], mask=(m_ar[:, None] < GQ) & (sb[None, :] < NB), other=0.0)
+                qh = (qg.to(tl.float32) * qk_scale * ksc_h[None, :]).to(tl.float16)  # (BM, NBP)
+                hb = tl.load(
+                    KHI + b * s_khb + h * s_khh + pg * s_khp + (r0 + rr)[:, None] * s_khr + sb[None, :],
+                    mask=sb[None, :] < NB,
+                    other=0,
+                ).to(tl.int32)  # (R, NBP)
+            else:
+                qh = qs
+                hb = kb
+            s_0 = _kscore(qs, kb, qh, hb, bias, 0, KBOOST)
+            s_1 = _kscore(qs, kb, qh, hb, bias, 1, KBOOST)
+            s_2 = _kscore(qs, kb, qh, hb, bias, 2, KBOOST)
+            s_3 = _kscore(qs, kb, qh, hb, bias, 3, KBOOST)
+            mx = tl.maximum(
+                tl.maximum(tl.max(s_0, 1), tl.max(s_1, 1)), tl.maximum(tl.max(s_2, 1), tl.max(s_3, 1))
+            )
+            m_new = tl.maximum(m_i, mx)
+            alpha = tl.math.exp2(m_i - m_new)
+            acc0 *= alpha[:, None]
+            acc1 *= alpha[:, None]
+            acc2 *= alpha[:, None]
+            acc3 *= alpha[:, None]
+            accb *= alpha[:, None]
+            zs0 *= alpha
+            zs1 *= alpha
+            p_0 = tl.math.exp2(s_0 - m_new[:, None])
+            p_1 = tl.math.exp2(s_1 - m_new[:, None])
+            p_2 = tl.math.exp2(s_2 - m_new[:, None])
+            p_3 = tl.math.exp2(s_3 - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p_0, 1) + tl.sum(p_1, 1) + tl.sum(p_2, 1) + tl.sum(p_3, 1)
+            m_i = m_new
+            vt = tok0 + 4 * rr
+            acc0, acc1, acc2, acc3, accb, zs0, zs1 = _vpart(
+                p_0,
+                vt,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                accb,
+                zs0,
+                zs1,
+                v_lo,
+                v_hi,
+                v_sc,
+                v_zr,
+                s_vlt,
+                s_vht,
+                s_vst,
+                vid,
+                cb,
+                sb,
+                NB,
+                VBOOST,
+            )
+            acc0, acc1, acc2, acc3, accb, zs0, zs1 = _vpart(
+                p_1,
+                vt + 1,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                accb,
+                zs0,
+                zs1,
+                v_lo,
+                v_hi,
+                v_sc,
+                v_zr,
+                s_vlt,
+                s_vht,
+                s_vst,
+                vid,
+                cb,
+                sb,
+                NB,
+                VBOOST,
+            )
+            acc0, acc1, acc2, acc3, accb, zs0, zs1 = _vpart(
+                p_2,
+                vt + 2,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                accb,
+                zs0,
+                zs1,
+                v_lo,
+                v_hi,
+                v_sc,
+                v_zr,
+                s_vlt,
+                s_vht,
+                s_vst,
+                vid,
+                cb,
+                sb,
+                NB,
+                VBOOST,
+            )
+            acc0, acc1, acc2, acc3, accb, zs0, zs1 = _vpart(
+                p_3,
+                vt + 3,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                accb,
+                zs0,
+                zs1,
+                v_lo,
+                v_hi,
+                v_sc,
+                v_zr,
+                s_vlt,
+                s_vht,
+                s_vst,
+                vid,
+                cb,
+                sb,
+                NB,
+                VBOOST,
+            )
+        o_ptr = O_ACC + (o_base + m_ar)[:, None] * D
+        om = m_ar[:, None] < GQ
+        if VBOOST:
+            xb = accb + zs1[:, None]  # (BM, NBP) boosted channels' final sums, slot order
+            for k in tl.static_range(4):
+                if k == 0:
+                    a = acc0
+                elif k == 1:
+                    a = acc1
+                elif k == 2:
+                    a = acc2
+                else:
+                    a = acc3
+                ch = 4 * cb + k
+                hit = (vid[:, None] == ch[None, :]) & (sb[:, None] < NB)  # (NBP, D/4)
+                isb = tl.sum(hit.to(tl.int32), axis=0) > 0
+                boosted = tl.sum(tl.where(hit[None, :, :], xb[:, :, None], 0.0), axis=1)  # (BM, D/4)
+                out = tl.where(isb[None, :], boosted, a + zs0[:, None])
+                tl.store(o_ptr + ch[None, :], out, mask=om)
+        else:
+            tl.store(o_ptr + 4 * cb[None, :], acc0 + zs0[:, None], mask=om)
+            tl.store(o_ptr + 4 * cb[None, :] + 1, acc1 + zs0[:, None], mask=om)
+            tl.store(o_ptr + 4 * cb[None, :] + 2, acc2 + zs0[:, None], mask=om)
+            tl.store(o_ptr + 4 * cb[None, :] + 3, acc3 + zs0[:, None], mask=om)
+    else:
+        # rest: sink [0, ns) then [A0, nreal), tiles of BT tokens, each inside one key page
+        acc = tl.zeros((BM, D), tl.float32)
+        qd = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float16)  # (BM, D)
+        a0 = S + nft * BN
+        n_c = tl.cdiv(ns, BT)
+        n_ab = tl.cdiv(tl.maximum(nreal - a0, 0), BT)
+        kq_end = S + npg * P
+        vq_end = S + nvq
+        tt = tl.arange(0, BT)
+        if VBOOST:
+            vid2 = tl.load(VIDX + h * NB + sb, mask=sb < NB, other=-1).to(tl.int32)
+            vhit = vid2[:, None] == d[None, :]  # (NBP, D)
+            v_isb = tl.sum(vhit.to(tl.int32), axis=0) > 0
+            v_slot = tl.sum(tl.where(vhit, sb[:, None], 0), axis=0)  # (D,)
+        for i in range(0, n_c + n_ab):
+            if i < n_c:
+                t = i * BT + tt
+                valid = t < ns
+                rel0 = nreal * 0 - P
+            else:
+                t = a0 + (i - n_c) * BT + tt
+                valid = t < nreal
+                rel0 = nft * BN + (i - n_c) * BT
+            in_sink = valid & (t < ns)
+            rel = t - S
+            in_kq = valid & (t >= S) & (t < kq_end)
+            in_kb = valid & (t >= S) & (t >= kq_end)
+            in_vq = valid & (t >= S) & (t < vq_end)
+            in_vw = valid & (t >= S) & (t >= vq_end)
+            sk = tl.load(
+                SK + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
+            )
+            kbf = tl.load(
+                KB + b * s_kbb + h * s_kbh + (rel - npg * P)[:, None] * s_kbt + d[None, :],
+                mask=in_kb[:, None],
+                other=0.0,
+            )
+            kf = sk.to(tl.float32) + kbf.to(tl.float32)
+            # quantized keys: one page per tile
+            pg = rel0 // P  # the tile's key page (-1 for sink tiles)
+            pg_d = d * 0 + pg  # (D,) (a tensor mask: the interpreter mishandles scalar & tensor)
+            pg_ok = (pg_d >= 0) & (pg_d < npg)
+            pg_s = sb * 0 + pg
+            pg_oks = (pg_s >= 0) & (pg_s < npg) & (sb < NB)
+            prow = rel % P
+            kcode = (
+                tl.load(
+                    KLO + b * s_klb + h * s_klh + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :],
+                    mask=in_kq[:, None],
+                    other=0,
+                ).to(tl.int32)
+                >> (2 * (prow % 4))[:, None]
+            ) & 3
+            if KBOOST:
+                kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1)
+                kid = kid.to(tl.int32)
+                khit = kid[:, None] == d[None, :]
+                k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
+                k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
+                kh = tl.load(
+                    KHI + b * s_khb + h * s_khh + pg * s_khp + (prow // 4)[:, None] * s_khr + k_slot[None, :],
+                    mask=in_kq[:, None] & k_isb[None, :],
+                    other=0,
+                ).to(tl.int32)
+                kcode += ((kh >> (2 * (prow % 4))[:, None]) & 3) << 2
+            ksc = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0)
+            kzr = tl.load(KZR + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0)
+            ksc = ksc.to(tl.float32)
+            kzr = kzr.to(tl.float32)
+            kf += tl.where(in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], 0.0)
+            sv = tl.load(
+                SV + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
+            )
+            vwf = tl.load(
+                VW + b * s_vwb + h * s_vwh + (rel - nvq)[:, None] * s_vwt + d[None, :],
+                mask=in_vw[:, None],
+                other=0.0,
+            )
+            vf = sv.to(tl.float32) + vwf.to(tl.float32)
+            vrow = VLO + b * s_vlb + h * s_vlh + rel[:, None] * s_vlt
+            vcode = (
+                tl.load(vrow + (d // 4)[None, :], mask=in_vq[:, None], other=0).to(tl.int32)
+                >> (2 * (d % 4))[None, :]
+            ) & 3
+            vs_ptr = VSC + b * s_vsb + h * s_vsh + rel * s_vst
+            vz_ptr = VZR + b * s_vsb + h * s_vsh + rel * s_vst
+            vs0 = tl.load(vs_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            vz0 = tl.load(vz_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            if VBOOST:
+                vh = tl.load(
+                    VHI + b * s_vhb + h * s_vhh + rel[:, None] * s_vht + (v_slot // 4)[None, :],
+                    mask=in_vq[:, None] & v_isb[None, :],
+                    other=0,
+                ).to(tl.int32)
+                vcode += ((vh >> (2 * (v_slot % 4))[None, :]) & 3) << 2
+                vs1 = tl.load(vs_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+                vz1 = tl.load(vz_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+                vs0 = tl.where(v_isb[None, :], vs1, vs0)
+                vz0 = tl.where(v_isb[None, :], vz1, vz0)
+            vf += tl.where(in_vq[:, None], vcode.to(tl.float32) * vs0 + vz0, 0.0)
+            # round to the model dtype as the reference does, then fp16 operands (exact for bf16 values
+            # within fp16's range: the interpreter has no bf16 dot and fp16 keeps p more precisely)
+            kt = kf.to(Q.dtype.element_ty).to(tl.float16)
+            vt_ = vf.to(Q.dtype.element_ty).to(tl.float16)
+            s = tl.dot(qd, tl.trans(kt)) * qk_scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt_)
+            m_i = m_new
+        o_ptr = O_ACC + (o_base + m_ar)[:, None] * D + d[None, :]
+        tl.store(o_ptr, acc, mask=m_ar[:, None] < GQ)
+    tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
+    tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
+
+
+@triton.jit
+def _combine_kernel(O_ACC, O_M, O_L, OUT, NS, GQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr):
+    """out (B*H*GQ, D) = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the NS partials."""
+    bh = tl.program_id(0)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    gm = g < GQ
+    m_run = tl.full((GP,), float("-inf"), tl.float32)
+    l_run = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    for s in range(0, NS):
+        base = (bh * NS + s) * GQ + g
+        m_s = tl.load(O_M + base, mask=gm, other=float("-inf"))
+        l_s = tl.load(O_L + base, mask=gm, other=0.0)
+        a_s = tl.load(O_ACC + base[:, None] * D + d[None, :], mask=gm[:, None], other=0.0)
+        m_new = tl.maximum(m_run, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        c_old = tl.math.exp2(m_run - m_safe)
+        c_new = tl.math.exp2(m_s - m_safe)
+        l_run = l_run * c_old + l_s * c_new
+        acc = acc * c_old[:, None] + a_s * c_new[:, None]
+        m_run = m_new
+    out = acc / l_run[:, None]
+    tl.store(OUT + (bh * GQ + g)[:, None] * D + d[None, :], out.to(OUT.dtype.element_ty), mask=gm[:, None])
+
+
+def _n_splits(B: int, H: int, max_tiles: int, n_sm: int) -> int:
+    """Page splits per (row, KV head): enough programs for ~4 waves, at least 4 tiles each."""
+    if max_tiles == 0:
+        return 1
+    want = max(1, -(-4 * n_sm // (B * H)))
+    return max(1, min(want, -(-max_tiles // 4)))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    st: PackedKVState,
+    scaling: float,
+    n_splits: int | None = None,
+    tile_rows: int = 16,
+    max_tiles: int | None = None,
+) -> torch.Tensor:
+    """Attention of one new query token per row over the packed state.
+
+    q: (B, Hq, D) fp16/bf16 (the new token's queries; its key/value are already in ``st``'s
+    buffers). Returns (B, Hq, D) in q's dtype. ``max_tiles`` (host int) bounds the page tiles per
+    row (defaults to the longest row's, read from ``st``).
+    """
+    st.check()
+    B, Hq, D = q.shape
+    H = st.sink_k.shape[1]
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.dtype != st.sink_k.dtype:
+        raise ValueError(f"q dtype {q.dtype} must be fp16/bf16 and match the cache's {st.sink_k.dtype}")
+    if B != st.sink_k.shape[0] or D != st.sink_k.shape[3] or Hq % H:
+        raise ValueError(
+            f"q {tuple(q.shape)} does not match the cache (B, H, D)={(st.sink_k.shape[0], H, D)}"
+        )
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    GQ = Hq // H
+    c = st.cfg
+    S, P = c.n_sink, c.page_size
+    R = tile_rows
+    BN = 4 * R
+    paged = P % BN == 0
+    BT = 32 if P % 32 == 0 else 16
+    if P % BT:
+        raise ValueError(f"page_size={P} must be a multiple of 16 for the fused kernel")
+    if max_tiles is None:
+        max_tiles = int((torch.minimum(st.n_pages * P, st.n_vq) // BN).max()) if paged else 0
+    ns = _n_splits(B, H, max_tiles, _sm_count(q.device)) if n_splits is None else n_splits
+    ns = ns if paged else 0
+    nb = st.n_boost
+    NBP = max(16, triton.next_power_of_2(max(nb, 1)))
+    kboost = st.k_hi is not None
+    vboost = st.v_hi is not None
+    o_acc = torch.empty(B * H, ns + 1, GQ, D, dtype=torch.float32, device=q.device)
+    o_m = torch.empty(B * H, ns + 1, GQ, dtype=torch.float32, device=q.device)
+    o_l = torch.empty_like(o_m)
+    if st.k_idx is not None:
+        kidx, kis = st.k_idx, (st.k_idx.stride(0), st.k_idx.stride(1), st.k_idx.stride(2))
+    elif st.boost_idx is not None:
+        kidx, kis = st.boost_idx, (0, st.boost_idx.stride(0), 0)
+    else:
+        kidx, kis = st.k_lo, (0, 0, 0)
+    khi = st.k_hi if kboost else st.k_lo
+    khs = st.k_hi.stride()[:4] if kboost else (0, 0, 0, 0)
+    vhi = st.v_hi if vboost else st.v_lo
+    vhs = st.v_hi.stride()[:3] if vboost else (0, 0, 0)
+    vidx = st.boost_idx.contiguous() if vboost else st.v_lo
+    _decode_kernel[(B * H, ns + 1)](
+        q,
+        q.stride(0),
+        q.stride(1),
+        st.sink_k,
+        st.sink_v,
+        *st.sink_k.stride()[:3],
+        st.k_buf,
+        *st.k_buf.stride()[:3],
+        st.v_win,
+        *st.v_win.stride()[:3],
+        st.k_lo,
+        *st.k_lo.stride()[:4],
+        khi,
+        *khs,
+        kidx,
+        *kis,
+        st.k_scale,
+        st.k_zero,
+        *st.k_scale.stride()[:3],
+        st.v_lo,
+        *st.v_lo.stride()[:3],
+        vhi,
+        *vhs,
+        vidx,
+        st.v_scale,
+        st.v_zero,
+        *st.v_scale.stride()[:3],
+        st.n_real,
+        st.n_pages,
+        st.n_vq,
+        o_acc,
+        o_m,
+        o_l,
+        scaling * LOG2E,
+        H,
+        ns,
+        GQ=GQ,
+        BM=max(16, triton.next_power_of_2(GQ)),
+        D=D,
+        S=S,
+        P=P,
+        R=R,
+        BT=BT,
+        NB=nb,
+        NBP=NBP,
+        KBOOST=kboost,
+        VBOOST=vboost,
+        PAGED=paged,
+        num_warps=4,
+    )
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+    _combine_kernel[(B * H,)](o_acc, o_m, o_l, out, ns + 1, GQ=GQ, GP=max(2, triton.next_power_of_2(GQ)), D=D)
+    return out
+
+
+_SM: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    if device not in _SM:
+        _SM[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM[device]
+
+
+def decode_attention_reference(q: torch.Tensor, st: PackedKVState, scaling: float) -> torch.Tensor:
+    """The spec: dequantize each row's real tokens from the packed state (fp32 -> model dtype, as the
+    reference read path), then softmax attention in fp32. q (B, Hq, D) -> (B, Hq, D) fp32."""
+    B, Hq, D = q.shape
+    out = torch.empty(B, Hq, D, dtype=torch.float32, device=q.device)
+    for b in range(B):
+        k, v = st.dequantized(b)  # (H, n, D) model dtype
+        g = Hq // k.shape[0]
+        k = k.float().repeat_interleave(g, 0)  # (Hq, n, D)
+        v = v.float().repeat_interleave(g, 0)
+        s = torch.einsum("hd,hnd->hn", q[b].float(), k) * scaling
+        out[b] = torch.einsum("hn,hnd->hd", s.softmax(-1), v)
+    return out

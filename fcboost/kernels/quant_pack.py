@@ -1,0 +1,372 @@
+"""Triton quantize-and-pack on flush: key pages and value tokens straight into a layer's storage.
+
+Bitwise equal to :func:`fcboost.quant.mixed.quantize_key_pages` / :func:`quantize_values` (codes,
+scales, zeros): same fp32 op order, IEEE division (``tl.math.div_rn``), ``floor(x + 0.5)``, fp16
+round-to-nearest. Kitty's per-page selection ranks channels by ``sum(|k|) / P`` (torch's mean);
+ties or 1-ulp differences of that score between torch's and Triton's reduction order could pick
+another channel, which random data practically never hits (the codes test checks it).
+
+One launch serves every (row, page) / (row, token run) entry of a layer and all its KV heads:
+grid ``(entries, H)`` for keys, ``(entries, H, token tiles)`` for values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fcboost.quant.core import storage_bits
+
+MODE_NONE, MODE_DYNAMIC, MODE_STATIC = 0, 1, 2
+
+
+@triton.jit
+def _pack_key_page_kernel(
+    src,
+    s_sb,
+    s_sh,
+    s_st,  # (B, H, T, D) 16-bit keys, channel stride 1
+    rows,
+    src_tok,
+    dst_page,  # (R,) int32 entries
+    lo,
+    s_lb,
+    s_lh,
+    s_lp,
+    s_lr,  # (B, H, NP, P*b/8, D) uint8
+    hi,
+    s_hb,
+    s_hh,
+    s_hp,
+    s_hr,  # (B, H, NP, P*h/8, nb) uint8
+    idx,
+    s_ib,
+    s_ih,
+    s_ip,  # dynamic: (B, H, NP, nb) int16 out; static: (H, nb) int16 in
+    scale,
+    zero,
+    s_qb,
+    s_qh,
+    s_qp,  # (B, H, NP, D) float16
+    P: tl.constexpr,
+    D: tl.constexpr,
+    BITS: tl.constexpr,
+    BOOST_BITS: tl.constexpr,
+    HBITS: tl.constexpr,
+    NB: tl.constexpr,
+    NB_PAD: tl.constexpr,
+    MODE: tl.constexpr,
+):
+    e = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.load(rows + e).to(tl.int64)
+    t0 = tl.load(src_tok + e).to(tl.int64)
+    pg = tl.load(dst_page + e).to(tl.int64)
+    t = tl.arange(0, P)
+    c = tl.arange(0, D)
+    x = tl.load(src + b * s_sb + h * s_sh + (t0 + t[:, None]) * s_st + c[None, :]).to(tl.float32)  # (P, D)
+    mn = tl.min(x, axis=0)
+    mx = tl.max(x, axis=0)
+    if MODE == 1:  # Kitty: top-NB channels by mean |k| over the page
+        score = tl.sum(tl.abs(x), axis=0) / P  # (D,)
+        beats = (score[None, :] > score[:, None]) | (
+            (score[None, :] == score[:, None]) & (c[None, :] < c[:, None])
+        )
+        is_b = tl.sum(beats.to(tl.int32), axis=1) < NB
+    elif MODE == 2:
+        s = tl.arange(0, NB_PAD)
+        sidx = tl.load(idx + h * s_ih + s, mask=s < NB, other=-1).to(tl.int32)
+        is_b = tl.sum((sidx[:, None] == c[None, :]).to(tl.int32), axis=0) > 0
+    else:
+        is_b = c < 0
+    levels = tl.where(is_b, 2**BOOST_BITS - 1, 2**BITS - 1).to(tl.float32)
+    sc = tl.math.div_rn(mx - mn, levels).to(tl.float16)
+    sc = tl.where(sc == 0, 1.0, sc).to(tl.float16)
+    zr = mn.to(tl.float16)
+    q = tl.math.floor(tl.math.div_rn(x - zr.to(tl.float32)[None, :], sc.to(tl.float32)[None, :]) + 0.5)
+    codes = tl.minimum(tl.maximum(q, 0.0), levels[None, :]).to(tl.int32)  # (P, D)
+    PER: tl.constexpr = 8 // BITS
+    sh = (tl.arange(0, PER) * BITS)[None, :, None]
+    packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (P // PER, PER, D)) << sh, axis=1)  # (P/PER, D)
+    r = tl.arange(0, P // PER)
+    tl.store(lo + b * s_lb + h * s_lh + pg * s_lp + r[:, None] * s_lr + c[None, :], packed.to(tl.uint8))
+    q_off = b * s_qb + h * s_qh + pg * s_qp + c
+    tl.store(scale + q_off, sc)
+    tl.store(zero + q_off, zr)
+    if MODE != 0:
+        before = (c[None, :] < c[:, None]) & is_b[None, :]
+        slot = tl.sum(before.to(tl.int32), axis=1)  # (D,) slot of each boosted channel
+        HPER: tl.constexpr = 8 // HBITS
+        hsh = (tl.arange(0, HPER) * HBITS)[None, :, None]
+        hp = tl.sum(tl.reshape(codes >> BITS, (P // HPER, HPER, D)) << hsh, axis=1)  # (P/HPER, D)
+        hr = tl.arange(0, P // HPER)
+        h_ptr = hi + b * s_hb + h * s_hh + pg * s_hp + hr[:, None] * s_hr + slot[None, :]
+        tl.store(h_ptr, hp.to(tl.uint8), mask=is_b[None, :] & (hr[:, None] >= 0))
+        if MODE == 1:
+            tl.store(idx + b * s_ib + h * s_ih + pg * s_ip + slot, c.to(tl.int16), mask=is_b)
+
+
+@triton.jit
+def _pack_values_kernel(
+    src,
+    s_sb,
+    s_sh,
+    s_st,  # (B, H, T, D) 16-bit values
+    rows,
+    src_tok,
+    dst_tok,
+    count,  # (R,) int32 entries: tokens src_tok.. -> dst_tok.. (count)
+    lo,
+    s_lb,
+    s_lh,
+    s_lt,  # (B, H, NV, D*b/8) uint8
+    hi,
+    s_hb,
+    s_hh,
+    s_ht,  # (B, H, NV, ceil(nb*h/8)) uint8
+    idx,  # (H, nb) int16 static boost channels
+    scale,
+    zero,
+    s_qb,
+    s_qh,
+    s_qt,  # (B, H, NV, G) float16
+    D: tl.constexpr,
+    BITS: tl.constexpr,
+    BOOST_BITS: tl.constexpr,
+    HBITS: tl.constexpr,
+    NB: tl.constexpr,
+    NB_PAD: tl.constexpr,
+    NHB: tl.constexpr,
+    NHB_PAD: tl.constexpr,
+    BOOST: tl.constexpr,
+    BT: tl.constexpr,
+):
+    e = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.load(rows + e).to(tl.int64)
+    n = tl.load(count + e)
+    j = tl.program_id(2) * BT + tl.arange(0, BT)
+    tm = j < n
+    ts = tl.load(src_tok + e).to(tl.int64) + j
+    td = tl.load(dst_tok + e).to(tl.int64) + j
+    c = tl.arange(0, D)
+    x = tl.load(src + b * s_sb + h * s_sh + ts[:, None] * s_st + c[None, :], mask=tm[:, None], other=0.0)
+    x = x.to(tl.float32)  # (BT, D)
+    PER: tl.constexpr = 8 // BITS
+    q_off = b * s_qb + h * s_qh + td * s_qt
+    if BOOST:
+        s = tl.arange(0, NB_PAD)
+        sidx = tl.load(idx + h * NB + s, mask=s < NB, other=-1).to(tl.int32)
+        is_b = tl.sum((sidx[:, None] == c[None, :]).to(tl.int32), axis=0) > 0  # (D,)
+        inf = float("inf")
+        mn0 = tl.min(tl.where(is_b[None, :], inf, x), axis=1)
+        mx0 = tl.max(tl.where(is_b[None, :], -inf, x), axis=1)
+        mn1 = tl.min(tl.where(is_b[None, :], x, inf), axis=1)
+        mx1 = tl.max(tl.where(is_b[None, :], x, -inf), axis=1)
+        s0 = tl.math.div_rn(mx0 - mn0, (2**BITS - 1) * 1.0).to(tl.float16)
+        s1 = tl.math.div_rn(mx1 - mn1, (2**BOOST_BITS - 1) * 1.0).to(tl.float16)
+        s0 = tl.where(s0 == 0, 1.0, s0).to(tl.float16)
+        s1 = tl.where(s1 == 0, 1.0, s1).to(tl.float16)
+        z0 = mn0.to(tl.float16)
+        z1 = mn1.to(tl.float16)
+        sc = tl.where(is_b[None, :], s1[:, None], s0[:, None]).to(tl.float32)
+        zc = tl.where(is_b[None, :], z1[:, None], z0[:, None]).to(tl.float32)
+        levels = tl.where(is_b, 2**BOOST_BITS - 1, 2**BITS - 1).to(tl.float32)[None, :]
+        tl.store(scale + q_off, s0, mask=tm)
+        tl.store(scale + q_off + 1, s1, mask=tm)
+        tl.store(zero + q_off, z0, mask=tm)
+        tl.store(zero + q_off + 1, z1, mask=tm)
+    else:
+        mn = tl.min(x, axis=1)
+        mx = tl.max(x, axis=1)
+        s0 = tl.math.div_rn(mx - mn, (2**BITS - 1) * 1.0).to(tl.float16)
+        s0 = tl.where(s0 == 0, 1.0, s0).to(tl.float16)
+        z0 = mn.to(tl.float16)
+        sc = s0.to(tl.float32)[:, None]
+        zc = z0.to(tl.float32)[:, None]
+        levels = (2**BITS - 1) * 1.0
+        tl.store(scale + q_off, s0, mask=tm)
+        tl.store(zero + q_off, z0, mask=tm)
+    q = tl.math.floor(tl.math.div_rn(x - zc, sc) + 0.5)
+    codes = tl.minimum(tl.maximum(q, 0.0), levels).to(tl.int32)  # (BT, D)
+    sh = (tl.arange(0, PER) * BITS)[None, None, :]
+    packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (BT, D // PER, PER)) << sh, axis=2)  # (BT, D/PER)
+    cb = tl.arange(0, D // PER)
+    tl.store(
+        lo + b * s_lb + h * s_lh + td[:, None] * s_lt + cb[None, :], packed.to(tl.uint8), mask=tm[:, None]
+    )
+    if BOOST:
+        slot = tl.sum(((c[None, :] < c[:, None]) & is_b[None, :]).to(tl.int32), axis=1)  # (D,)
+        HPER: tl.constexpr = 8 // HBITS
+        k = tl.arange(0, NHB_PAD)
+        sel = is_b[:, None] & ((slot // HPER)[:, None] == k[None, :])  # (D, NHB_PAD)
+        part = (codes >> BITS) << (HBITS * (slot % HPER))[None, :]  # (BT, D)
+        hb = tl.sum(tl.where(sel[None, :, :], part[:, :, None], 0), axis=1)  # (BT, NHB_PAD)
+        h_ptr = hi + b * s_hb + h * s_hh + td[:, None] * s_ht + k[None, :]
+        tl.store(h_ptr, hb.to(tl.uint8), mask=tm[:, None] & (k[None, :] < NHB))
+
+
+def _i32(x, device) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.int32, device=device)
+
+
+def _check_src(src: torch.Tensor, name: str) -> None:
+    if (
+        src.ndim != 4
+        or src.stride(-1) != 1
+        or src.dtype not in (torch.float16, torch.bfloat16, torch.float32)
+    ):
+        raise ValueError(
+            f"{name} must be a (B, H, T, D) 16/32-bit tensor with unit channel stride; got "
+            f"shape {tuple(src.shape)}, dtype {src.dtype}, strides {src.stride()}"
+        )
+
+
+def pack_key_pages(
+    src: torch.Tensor,
+    rows,
+    src_tok,
+    dst_page,
+    *,
+    lo: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    boost_bits: int = 4,
+    hi: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+    dynamic: bool = False,
+    n_boost: int = 0,
+) -> None:
+    """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``.
+
+    src: (B, H, T, D) keys; lo: (B, H, NP, P*bits/8, D) uint8; scale/zero: (B, H, NP, D) float16;
+    hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16
+    written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
+    """
+    _check_src(src, "src")
+    B, H, NP, PB, D = lo.shape
+    P = PB * 8 // bits
+    if lo.dtype != torch.uint8 or scale.shape != (B, H, NP, D) or zero.shape != scale.shape:
+        raise ValueError(
+            f"lo {tuple(lo.shape)} {lo.dtype} / scale {tuple(scale.shape)} do not match (B,H,NP,D)"
+        )
+    if src.shape[1] != H or src.shape[3] != D:
+        raise ValueError(f"src {tuple(src.shape)} does not match (H, D)=({H}, {D}) of the pages")
+    rows, src_tok, dst_page = (_i32(a, src.device) for a in (rows, src_tok, dst_page))
+    R = rows.numel()
+    if R == 0:
+        return
+    mode = MODE_NONE if hi is None else (MODE_DYNAMIC if dynamic else MODE_STATIC)
+    nb = 0 if hi is None else hi.shape[-1]
+    if mode != MODE_NONE and nb != n_boost:
+        raise ValueError(f"hi plane has {nb} slots but n_boost={n_boost}")
+    hbits = 0 if hi is None else storage_bits(boost_bits - bits)
+    dummy = lo
+    hi_t = hi if hi is not None else dummy
+    idx_t = idx if idx is not None else dummy
+    hs = hi.stride()[:4] if hi is not None else (0, 0, 0, 0)
+    is_ = (
+        idx.stride()[:3] if (idx is not None and dynamic) else (0, idx.stride(0) if idx is not None else 0, 0)
+    )
+    _pack_key_page_kernel[(R, H)](
+        src,
+        src.stride(0),
+        src.stride(1),
+        src.stride(2),
+        rows,
+        src_tok,
+        dst_page,
+        lo,
+        *lo.stride()[:4],
+        hi_t,
+        *hs,
+        idx_t,
+        *is_,
+        scale,
+        zero,
+        *scale.stride()[:3],
+        P=P,
+        D=D,
+        BITS=bits,
+        BOOST_BITS=boost_bits,
+        HBITS=max(hbits, 1),
+        NB=nb,
+        NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
+        MODE=mode,
+        num_warps=4,
+    )
+
+
+def pack_values(
+    src: torch.Tensor,
+    rows,
+    src_tok,
+    dst_tok,
+    count,
+    *,
+    lo: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    boost_bits: int = 4,
+    hi: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+    max_count: int | None = None,
+) -> None:
+    """Quantize value tokens ``src[rows[e], :, src_tok[e] + j]`` into ``dst_tok[e] + j``, ``j < count[e]``.
+
+    src: (B, H, T, D); lo: (B, H, NV, D*bits/8) uint8; scale/zero: (B, H, NV, G) float16 with G=2
+    when ``hi`` (B, H, NV, ceil(nb*h/8)) and the static ``idx`` (H, nb) int16 boost a channel group.
+    """
+    _check_src(src, "src")
+    B, H, NV, DB = lo.shape
+    D = DB * 8 // bits
+    G = scale.shape[-1]
+    boost = hi is not None
+    if G != (2 if boost else 1) or scale.shape[:3] != (B, H, NV):
+        raise ValueError(f"scale {tuple(scale.shape)} must be (B, H, NV, {2 if boost else 1})")
+    if src.shape[1] != H or src.shape[3] != D:
+        raise ValueError(f"src {tuple(src.shape)} does not match (H, D)=({H}, {D}) of the values")
+    rows, src_tok, dst_tok, count = (_i32(a, src.device) for a in (rows, src_tok, dst_tok, count))
+    R = rows.numel()
+    if R == 0:
+        return
+    mc = int(count.max()) if max_count is None else max_count
+    BT = 16
+    nb = idx.shape[-1] if boost else 0
+    hbits = storage_bits(boost_bits - bits) if boost else 1
+    nhb = hi.shape[-1] if boost else 1
+    idx_t = idx.contiguous() if boost else lo
+    hi_t = hi if boost else lo
+    hs = hi.stride()[:3] if boost else (0, 0, 0)
+    _pack_values_kernel[(R, H, triton.cdiv(mc, BT))](
+        src,
+        src.stride(0),
+        src.stride(1),
+        src.stride(2),
+        rows,
+        src_tok,
+        dst_tok,
+        count,
+        lo,
+        *lo.stride()[:3],
+        hi_t,
+        *hs,
+        idx_t,
+        scale,
+        zero,
+        *scale.stride()[:3],
+        D=D,
+        BITS=bits,
+        BOOST_BITS=boost_bits,
+        HBITS=hbits,
+        NB=nb,
+        NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
+        NHB=nhb,
+        NHB_PAD=max(2, triton.next_power_of_2(nhb)),
+        BOOST=boost,
+        BT=BT,
+        num_warps=4,
+    )
