@@ -124,7 +124,12 @@ GSM8K = [
     Column("gsm8k", "strict_match", "GSM8K strict-match %"),
     Column("gsm8k", "flexible_extract", "GSM8K flexible-extract %"),
 ]
-SMALL = [
+FID_COLS = [
+    Column("fidelity", "kl", "KL"),
+    Column("fidelity", "top1_agree", "top-1 agree %"),
+    Column("fidelity", "nll", "NLL"),
+]
+SMALL_COLS = [
     Column("gsm8k", "strict_match", "GSM8K strict-match %"),
     Column("fidelity", "kl", "KL"),
     Column("fidelity", "top1_agree", "top-1 agree %"),
@@ -137,6 +142,13 @@ T2_ROWS = [
     Row(("kivi",), label="KIVI-KV2* (no boost)"),
 ]
 G_ROWS = [Row(("fp16",)), Row(("kivi",)), Row(("kitty",)), Row(("fcboost",))]
+F_ROWS = [
+    *G_ROWS,
+    Row(("magnitude_mask",)),
+    Row(("energy_mask",)),
+    Row(("random_mask",), unit="variant.mask_seed"),
+]
+SMALL = "SmolLM2-135M"
 # name -> (model, columns, rows, average, baseline, title)
 EXPERIMENTS = {
     "table1": (
@@ -158,19 +170,19 @@ EXPERIMENTS = {
     "gsm8k_sanity": ("qwen3-8b", GSM8K, G_ROWS, False, "FP16", "GSM8K sanity check (8-shot CoT)"),
     "table1_small": (
         "smollm2-135m",
-        SMALL,
+        SMALL_COLS,
         T1_ROWS,
         False,
         None,
-        "Table 1 (small, SmolLM2-135M): GSM8K subset + teacher-forced fidelity, mean ± std over seeds",
+        f"Table 1 (small, {SMALL}): GSM8K subset (over seeds) + teacher-forced fidelity (seed 0)",
     ),
     "table2_small": (
         "smollm2-135m",
-        SMALL,
+        SMALL_COLS,
         T2_ROWS,
         False,
         None,
-        "Table 2 (small, SmolLM2-135M): CA mask vs random masks (over mask seeds) vs no boost",
+        f"Table 2 (small, {SMALL}): CA mask vs random masks (over mask seeds) vs no boost",
     ),
     "gsm8k_small": (
         "smollm2-135m",
@@ -178,7 +190,15 @@ EXPERIMENTS = {
         G_ROWS,
         False,
         "FP16",
-        "GSM8K sanity (small, SmolLM2-135M, subset)",
+        f"GSM8K sanity (small, {SMALL}, 4 problems)",
+    ),
+    "fidelity_small": (
+        "smollm2-135m",
+        FID_COLS,
+        F_ROWS,
+        False,
+        None,
+        f"Fidelity (small, {SMALL}): every method and mask vs the fp16 cache, WikiText-2",
     ),
 }
 ANALYSIS = {"analysis_4_4": "qwen3-8b", "analysis_small": "smollm2-135m"}
