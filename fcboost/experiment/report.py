@@ -418,41 +418,65 @@ def update_docs(
     return changed
 
 
+def walltimes_markdown(path: str | Path) -> str:
+    """The wall-time log of the small runs (TSV: experiment, rc, wall_s, finished, command) as markdown."""
+    df = pd.read_csv(path, sep="\t")
+    lines = ["| experiment | command | exit | wall time | finished (UTC) |", "|---|---|---|---|---|"]
+    for r in df.itertuples(index=False):
+        lines.append(f"| {r.experiment} | `{r.command}` | {r.rc} | {r.wall_s / 60:.1f} min | {r.finished} |")
+    return "\n".join(lines)
+
+
 def log_wandb(
     tables: dict[str, Table],
     mode: str = "offline",
     project: str = "fcboost",
     dir: str | Path = "runs",
     images: Sequence[Path] = (),
-) -> bool:
-    """Log each table (long form) and the pictures to one W&B run of job type ``report``.
+) -> Path | None:
+    """Log each table (long form, ``table/<name>``) and the pictures to one W&B run (job type ``report``).
 
-    ``mode``: ``offline``/``online``; ``disabled`` or ``off`` logs nothing. W&B failing never fails
-    the report (the files are already written); returns whether it logged.
+    Goes through ``fcboost.experiment.tracking.WandbTracker`` (which never raises). ``mode``:
+    ``offline``/``online``; ``off`` or ``disabled`` logs nothing. Returns the run directory, or None.
     """
     if mode in ("off", "disabled") or not tables:
-        return False
-    try:
+        return None
+    from fcboost.experiment.tracking import WandbTracker
+
+    tracker = WandbTracker(
+        project,
+        name="tables",
+        group="report",
+        job_type="report",
+        config={"tables": sorted(tables)},
+        mode=mode,
+        dir=str(dir),
+    )
+    for name, t in tables.items():
+        tracker.log_table(f"table/{name}", t.to_frame().to_dict("records"))
+
+    def _images():
         import wandb
 
-        Path(dir).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=project, mode=mode, dir=str(dir), job_type="report", name="tables", reinit=True
-        )
-        run.log({f"table/{n}": wandb.Table(dataframe=t.to_frame()) for n, t in tables.items()})
-        run.log({f"figure/{Path(p).stem}": wandb.Image(str(p)) for p in images})
-        run.finish()
-        return True
-    except Exception as exc:  # noqa: BLE001 - tracking must never lose the local outputs
-        log.warning("W&B logging failed (%s); tables and pictures are on disk", exc)
-        return False
+        tracker.run.log({f"figure/{Path(p).stem}": wandb.Image(str(p)) for p in images})
+
+    if images:
+        tracker._guard("images", _images)
+    run_dir = getattr(tracker, "run_dir", None)
+    tracker.finish()
+    return Path(run_dir) if run_dir else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="make_tables", description="Tables 1/2, GSM8K and 4.4 from the results store"
     )
-    p.add_argument("--results-dir", default="runs/results", help="store dir holding results.jsonl")
+    p.add_argument(
+        "--results-dir",
+        nargs="+",
+        default=["runs/results", "experiments/results/smollm2-135m"],
+        help="store dir(s) holding results.jsonl (records of all are combined)",
+    )
     p.add_argument(
         "--tables", default="all", help=f"comma list of {sorted(EXPERIMENTS) + sorted(ANALYSIS)} or all"
     )
@@ -470,6 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rewrite the <!-- BEGIN TABLE name --> blocks of DIR/*.md (default experiments)",
     )
     p.add_argument("--wandb", default="offline", choices=["offline", "online", "off"], help="W&B mode")
+    p.add_argument(
+        "--walltimes", default="experiments/small_walltimes.tsv", help="TSV of the small runs' wall times"
+    )
     p.add_argument("--skip-empty", action="store_true", help="leave out tables with no records at all")
     a = p.parse_args(argv)
     names = (
@@ -480,11 +507,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [n for n in names if n not in EXPERIMENTS and n not in ANALYSIS]
     if bad:
         p.error(f"unknown table(s) {bad}; expected names from {sorted(EXPERIMENTS) + sorted(ANALYSIS)}")
-    try:
-        df = load_store(a.results_dir)
-    except FileNotFoundError as exc:
-        log.warning("%s: every cell is missing", exc)
-        df = normalize(pd.DataFrame(columns=["key", "model", "method", "task", "seed", "finished_at"]))
+    frames = []
+    for d in a.results_dir:
+        try:
+            frames.append(load_store(d))
+        except FileNotFoundError as exc:
+            log.warning("%s: skipped", exc)
+    cols = ["key", "model", "method", "task", "seed", "finished_at"]
+    df = (
+        normalize(pd.concat([f.drop(columns=["row"]) for f in frames], ignore_index=True)) if frames else None
+    )
+    if df is None or not len(df):
+        log.warning("no records in %s: every cell is missing", a.results_dir)
+        df = normalize(pd.DataFrame(columns=cols))
     tables = make_tables(df, names, a.analysis_dir)
     if a.skip_empty:
         tables = {n: t for n, t in tables.items() if any(c.n for cells in t.rows.values() for c in cells)}
@@ -498,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = save_figures(df, tables, a.figures)
         written += images
     if a.update_docs:
-        written += update_docs(a.update_docs, tables)
+        extra = {"walltimes": walltimes_markdown(a.walltimes)} if Path(a.walltimes).exists() else {}
+        written += update_docs(a.update_docs, tables, extra)
     log_wandb(tables, a.wandb, images=images)
     print("wrote:", *map(str, written), sep="\n  ")
     return 0

@@ -220,3 +220,18 @@ def test_bar_chart_png(tmp_path, df):
     # gsm8k_sanity has no records: no picture of an empty table
     assert [p.name for p in paths] == ["table1.png", "table1_small.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_tables(tmp_path, df):
+    """W&B offline run holds the table with the rendered numbers (read back from the run directory)."""
+    tables = {"table1": report.experiment_table(df, "table1")}
+    assert report.log_wandb(tables, "off") is None
+    run_dir = report.log_wandb(tables, "offline", dir=tmp_path)
+    files = list(Path(run_dir).rglob("table1_*.table.json"))
+    assert len(files) == 1
+    logged = json.loads(files[0].read_text())
+    cols = logged["columns"]
+    rows = [dict(zip(cols, r)) for r in logged["data"]]
+    fc = next(r for r in rows if r["row"] == "FCBoost (Ours)" and r["column"] == "AIME24")
+    assert fc["mean"] == pytest.approx(74.4444, abs=1e-3) and fc["n"] == 3
