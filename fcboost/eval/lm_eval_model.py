@@ -97,7 +97,8 @@ class FCBoostLM(HFLM):
         seed: int = 0,
         **kwargs,
     ):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if isinstance(pretrained, str):
             tok_spec = tokenizer if isinstance(tokenizer, str) else None
             loaded = load_pretrained(pretrained, tok_spec, dtype, device, seed)

@@ -161,6 +161,8 @@ def request_key(cfg: DictConfig, protocol: str) -> str:
     """Key of the request (from the config alone), to skip finished jobs before loading anything."""
     model = {k: cfg.model[k] for k in ("path", "dtype", "revision", "tokenizer", "seed")}
     method = OmegaConf.to_container(cfg.method, resolve=True)
+    if method["mask"]["source"] != "profile":
+        method["mask"].pop("profile")  # calibration settings do not change a method without a profiled mask
     return stable_hash(
         {"model": model, "method": method, "task": cfg.task.name, "protocol": protocol, "seed": cfg.seed}
     )

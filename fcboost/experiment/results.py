@@ -135,8 +135,12 @@ class ResultsStore:
         with open(self.dir / "results.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                with open(self.file, "a", encoding="utf-8") as f:
-                    f.write(line)
+                with open(self.file, "a+b") as f:
+                    if f.tell() > 0:  # a torn last line (crash mid-write) must not swallow this record
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":
+                            line = "\n" + line
+                    f.write(line.encode("utf-8"))
                     f.flush()
                     os.fsync(f.fileno())
             finally:
