@@ -21,26 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from fcboost.experiment.publish import log_wandb, update_docs, walltimes_markdown, write_tables
 from fcboost.experiment.tables import (
     METHOD_LABELS,
-    METRICS,
     MISSING,
     STD_DDOF,
     VARIANT_FIELDS,
-    Cell,
     Column,
-    Metric,
     Row,
     Table,
     build_table,
+    orderings_markdown,
+    stat_cell,
 )
 
 log = logging.getLogger(__name__)
@@ -219,59 +217,6 @@ def experiment_table(df: pd.DataFrame, name: str) -> Table:
     return t
 
 
-def check_order(table: Table, chain: Sequence[str], strict: bool = True) -> list[dict]:
-    """Per column: does ``chain[0]`` beat ``chain[1]`` beat ... (better = the metric's direction)?
-
-    Returns one dict per column: ``holds`` (None when a row is missing), the means, the smallest gap
-    between neighbours (in the better direction) and the largest std of the cells involved.
-    """
-    out = []
-    for j, col in enumerate(table.columns):
-        sign = 1.0 if METRICS.get(col.metric, Metric(col.metric)).higher_is_better else -1.0
-        cells = [table.rows.get(r, [Cell()] * len(table.columns))[j] for r in chain]
-        rec = {
-            "column": col.header,
-            "chain": " > ".join(chain) if strict else " ≥ ".join(chain),
-            "means": [c.mean if c.n else None for c in cells],
-            "holds": None,
-            "min_gap": None,
-            "max_std": None,
-        }
-        if all(c.n for c in cells):
-            gaps = [round(sign * (a.mean - b.mean), 9) for a, b in zip(cells, cells[1:])]  # no fp ties
-            rec.update(
-                holds=all(g > 0 if strict else g >= 0 for g in gaps),
-                min_gap=min(gaps),
-                max_std=max(c.std for c in cells),
-            )
-        out.append(rec)
-    return out
-
-
-def orderings(table: Table) -> list[dict]:
-    """The paper's claims checked on ``table``: FCBoost > Kitty > KIVI; CA > random; random ≤ no boost."""
-    rows = list(table.rows)
-    checks: list[tuple[list[str], bool]] = []
-    if "Kitty" in rows:
-        checks += [([r, "Kitty", "KIVI-KV2*"], True) for r in rows if r.startswith("FCBoost")]
-    if any(r.startswith("Random mask") for r in rows):
-        rand = [r for r in rows if r.startswith("Random mask")]
-        checks += [([r, q], True) for r in rows if r.startswith("FCBoost (CA") for q in rand]
-        checks += [(["KIVI-KV2* (no boost)", q], False) for q in rand]
-    return [c for chain, strict in checks for c in check_order(table, chain, strict)]
-
-
-def orderings_markdown(table: Table) -> str:
-    lines = ["| claim | column | means | holds | smallest gap | largest std |", "|---|---|---|---|---|---|"]
-    for c in orderings(table):
-        means = ", ".join(MISSING if m is None else f"{m:.3g}" for m in c["means"])
-        holds = MISSING if c["holds"] is None else ("yes" if c["holds"] else "**no**")
-        gap = MISSING if c["min_gap"] is None else f"{c['min_gap']:+.3g}"
-        std = MISSING if c["max_std"] is None else f"{c['max_std']:.3g}"
-        lines.append(f"| {c['chain']} | {c['column']} | {means} | {holds} | {gap} | {std} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
-
-
 def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
     """Section 4.4 from the JSON of ``scripts/analysis_4_4.py`` (``result`` = ``fcboost.masks.analysis.analysis_4_4``).
 
@@ -290,10 +235,10 @@ def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
         digits=3,
     )
     pj, ps = PAPER["analysis_4_4"]["jaccard"], PAPER["analysis_4_4"]["spearman"]
-    t.rows["Paper (Qwen3-8B, CA)"] = [_stat_cell(pj), _stat_cell(ps)]
+    t.rows["Paper (Qwen3-8B, CA)"] = [stat_cell(pj), stat_cell(ps)]
     jac, rho = res.get("page_jaccard", {}), res.get("spearman_ca_vs_magnitude", {})
     for mask in dict.fromkeys([*jac, *rho]):
-        t.rows[f"Ours: {mask}"] = [_stat_cell(jac.get(mask)), _stat_cell(rho.get(mask))]
+        t.rows[f"Ours: {mask}"] = [stat_cell(jac.get(mask)), stat_cell(rho.get(mask))]
     t.notes.append(
         "cells: mean ± std (n = pages for Jaccard, (layer, KV head) cells for Spearman); — = not defined"
     )
@@ -310,44 +255,10 @@ def overlap_table(result: dict, name: str) -> Table:
         digits=3,
     )
     for pair, stats in res.get("mask_overlap", {}).items():
-        t.rows[pair.replace("|", " vs ")] = [_stat_cell(stats)]
+        t.rows[pair.replace("|", " vs ")] = [stat_cell(stats)]
     return t
 
 
-def _stat_cell(s) -> Cell:
-    """Cell from (mean, std), {mean, std, n} or None; the values reproduce mean/std exactly (ddof=0)."""
-    if s is None:
-        return Cell()
-    mean, std, n = (
-        (s[0], s[1], None) if isinstance(s, (tuple, list)) else (s["mean"], s.get("std", 0.0), s.get("n"))
-    )
-    return _Summary((float(mean), float(std)), int(n) if n else None)
-
-
-@dataclass(frozen=True)
-class _Summary(Cell):
-    """A cell known only by its summary: ``values`` = (mean, std); ``count`` shown as n."""
-
-    count: int | None = None
-
-    @property
-    def n(self) -> int:
-        return self.count or 1
-
-    @property
-    def mean(self) -> float:
-        return self.values[0]
-
-    @property
-    def std(self) -> float:
-        return self.values[1]
-
-    def fmt(self, digits: int = 2, bold: bool = False) -> str:
-        body = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-        return f"**{body}**" if bold else (body + (f" (n={self.count})" if self.count else ""))
-
-
-# --------------------------------------------------------------------------------------------- output
 def load_analysis(analysis_dir: str | Path, name: str) -> dict | None:
     """``<analysis_dir>/<name>.json`` written by ``scripts/analysis_4_4.py``, or None."""
     path = Path(analysis_dir) / f"{name}.json"
@@ -378,93 +289,6 @@ def block(table: Table) -> str:
     return table.to_markdown() + (
         f"\n\nOrderings claimed by the paper, checked per column:\n\n{order}" if order else ""
     )
-
-
-def write_tables(tables: dict[str, Table], out_dir: str | Path) -> list[Path]:
-    """``<out_dir>/<name>.{md,tex,csv}`` per table; returns the paths written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, t in tables.items():
-        for ext, text in (("md", block(t) + "\n"), ("tex", t.to_latex() + "\n")):
-            (out / f"{name}.{ext}").write_text(text)
-            paths.append(out / f"{name}.{ext}")
-        t.to_frame().to_csv(out / f"{name}.csv", index=False)
-        paths.append(out / f"{name}.csv")
-    return paths
-
-
-MARKER = re.compile(r"(<!-- BEGIN TABLE (?P<name>[\w.-]+) -->\n).*?(\n<!-- END TABLE (?P=name) -->)", re.S)
-
-
-def update_docs(
-    docs_dir: str | Path, tables: dict[str, Table], extra: dict[str, str] | None = None
-) -> list[Path]:
-    """Rewrite every ``<!-- BEGIN TABLE name --> ... <!-- END TABLE name -->`` block of ``docs_dir/*.md``.
-
-    ``name`` is a table name (its ``block``) or a key of ``extra`` (text given as is); blocks of
-    names that are not available are left as they are.
-    """
-    texts = {n: block(t) for n, t in tables.items()} | dict(extra or {})
-    changed = []
-    for md in sorted(Path(docs_dir).glob("*.md")):
-        src = md.read_text()
-        new = MARKER.sub(
-            lambda m: m.group(1) + texts[m["name"]] + m.group(3) if m["name"] in texts else m.group(0), src
-        )
-        if new != src:
-            md.write_text(new)
-            changed.append(md)
-    return changed
-
-
-def walltimes_markdown(path: str | Path) -> str:
-    """The wall-time log of the small runs (TSV: experiment, rc, wall_s, finished, command) as markdown."""
-    df = pd.read_csv(path, sep="\t")
-    lines = ["| experiment | command | exit | wall time | finished (UTC) |", "|---|---|---|---|---|"]
-    for r in df.itertuples(index=False):
-        lines.append(f"| {r.experiment} | `{r.command}` | {r.rc} | {r.wall_s / 60:.1f} min | {r.finished} |")
-    return "\n".join(lines)
-
-
-def log_wandb(
-    tables: dict[str, Table],
-    mode: str = "offline",
-    project: str = "fcboost",
-    dir: str | Path = "runs",
-    images: Sequence[Path] = (),
-) -> Path | None:
-    """Log each table (long form, ``table/<name>``) and the pictures to one W&B run (job type ``report``).
-
-    Goes through ``fcboost.experiment.tracking.WandbTracker`` (which never raises). ``mode``:
-    ``offline``/``online``; ``off`` or ``disabled`` logs nothing. Returns the run directory, or None.
-    """
-    if mode in ("off", "disabled") or not tables:
-        return None
-    from fcboost.experiment.tracking import WandbTracker
-
-    tracker = WandbTracker(
-        project,
-        name="tables",
-        group="report",
-        job_type="report",
-        config={"tables": sorted(tables)},
-        mode=mode,
-        dir=str(dir),
-    )
-    for name, t in tables.items():
-        tracker.log_table(f"table/{name}", t.to_frame().to_dict("records"))
-
-    def _images():
-        import wandb
-
-        tracker.run.log({f"figure/{Path(p).stem}": wandb.Image(str(p)) for p in images})
-
-    if images:
-        tracker._guard("images", _images)
-    run_dir = getattr(tracker, "run_dir", None)
-    tracker.finish()
-    return Path(run_dir) if run_dir else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -525,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables = {n: t for n, t in tables.items() if any(c.n for cells in t.rows.values() for c in cells)}
     for t in tables.values():
         print(block(t), end="\n\n")
-    written = write_tables(tables, a.out)
+    written = write_tables(tables, a.out, block)
     images: list[Path] = []
     if a.figures:
         from fcboost.experiment.plots import save_figures
@@ -534,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written += images
     if a.update_docs:
         extra = {"walltimes": walltimes_markdown(a.walltimes)} if Path(a.walltimes).exists() else {}
-        written += update_docs(a.update_docs, tables, extra)
+        written += update_docs(a.update_docs, {n: block(t) for n, t in tables.items()} | extra)
     log_wandb(tables, a.wandb, images=images)
     print("wrote:", *map(str, written), sep="\n  ")
     return 0

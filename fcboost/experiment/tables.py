@@ -253,3 +253,89 @@ def build_table(
             own = table.average[r] if average else table.rows[r][0]
             table.delta[r] = own.mean - ref.mean if ref is not None and ref.n and own.n else None
     return table
+
+
+def check_order(table: Table, chain: Sequence[str], strict: bool = True) -> list[dict]:
+    """Per column: does ``chain[0]`` beat ``chain[1]`` beat ... (better = the metric's direction)?
+
+    Returns one dict per column: ``holds`` (None when a row is missing), the means, the smallest gap
+    between neighbours (in the better direction) and the largest std of the cells involved.
+    """
+    out = []
+    for j, col in enumerate(table.columns):
+        sign = 1.0 if METRICS.get(col.metric, Metric(col.metric)).higher_is_better else -1.0
+        cells = [table.rows.get(r, [Cell()] * len(table.columns))[j] for r in chain]
+        rec = {
+            "column": col.header,
+            "chain": " > ".join(chain) if strict else " ≥ ".join(chain),
+            "means": [c.mean if c.n else None for c in cells],
+            "holds": None,
+            "min_gap": None,
+            "max_std": None,
+        }
+        if all(c.n for c in cells):
+            gaps = [round(sign * (a.mean - b.mean), 9) for a, b in zip(cells, cells[1:])]  # no fp ties
+            rec.update(
+                holds=all(g > 0 if strict else g >= 0 for g in gaps),
+                min_gap=min(gaps),
+                max_std=max(c.std for c in cells),
+            )
+        out.append(rec)
+    return out
+
+
+def orderings(table: Table) -> list[dict]:
+    """The paper's claims checked on ``table``: FCBoost > Kitty > KIVI; CA > random; random ≤ no boost."""
+    rows = list(table.rows)
+    checks: list[tuple[list[str], bool]] = []
+    if "Kitty" in rows:
+        checks += [([r, "Kitty", "KIVI-KV2*"], True) for r in rows if r.startswith("FCBoost")]
+    if any(r.startswith("Random mask") for r in rows):
+        rand = [r for r in rows if r.startswith("Random mask")]
+        checks += [([r, q], True) for r in rows if r.startswith("FCBoost (CA") for q in rand]
+        checks += [(["KIVI-KV2* (no boost)", q], False) for q in rand]
+    return [c for chain, strict in checks for c in check_order(table, chain, strict)]
+
+
+def orderings_markdown(table: Table) -> str:
+    lines = ["| claim | column | means | holds | smallest gap | largest std |", "|---|---|---|---|---|---|"]
+    for c in orderings(table):
+        means = ", ".join(MISSING if m is None else f"{m:.3g}" for m in c["means"])
+        holds = MISSING if c["holds"] is None else ("yes" if c["holds"] else "**no**")
+        gap = MISSING if c["min_gap"] is None else f"{c['min_gap']:+.3g}"
+        std = MISSING if c["max_std"] is None else f"{c['max_std']:.3g}"
+        lines.append(f"| {c['chain']} | {c['column']} | {means} | {holds} | {gap} | {std} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def stat_cell(s) -> Cell:
+    """Cell from (mean, std), {mean, std, n} or None; the values reproduce mean/std exactly (ddof=0)."""
+    if s is None:
+        return Cell()
+    mean, std, n = (
+        (s[0], s[1], None) if isinstance(s, (tuple, list)) else (s["mean"], s.get("std", 0.0), s.get("n"))
+    )
+    return Summary((float(mean), float(std)), int(n) if n else None)
+
+
+@dataclass(frozen=True)
+class Summary(Cell):
+    """A cell known only by its summary: ``values`` = (mean, std); ``count`` shown as n."""
+
+    count: int | None = None
+
+    @property
+    def n(self) -> int:
+        return self.count or 1
+
+    @property
+    def mean(self) -> float:
+        return self.values[0]
+
+    @property
+    def std(self) -> float:
+        return self.values[1]
+
+    def fmt(self, digits: int = 2, bold: bool = False) -> str:
+        body = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return f"**{body}**" if bold else (body + (f" (n={self.count})" if self.count else ""))

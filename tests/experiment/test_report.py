@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fcboost.experiment import report
+from fcboost.experiment import tables as tbl
 from fcboost.experiment.tables import Cell, Column, Row, build_table
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "results"
@@ -87,7 +88,7 @@ def test_table2_random_over_mask_seeds(df):
     assert avg.mean == pytest.approx(64.4444, abs=1e-3)
     assert avg.std == pytest.approx(math.sqrt(35.1852 / 3), abs=1e-3)
     assert t.delta["Random mask"] == pytest.approx(64.4444 - 66.1111, abs=1e-3)
-    checks = report.orderings(t)
+    checks = tbl.orderings(t)
     ca_vs_random = [c for c in checks if c["chain"] == "FCBoost (CA mask) > Random mask"]
     assert [c["holds"] for c in ca_vs_random] == [True, True]
     random_le = [c for c in checks if c["chain"] == "KIVI-KV2* (no boost) ≥ Random mask"]
@@ -116,7 +117,7 @@ def test_variant_rows_and_lower_is_better(df):
     assert strict.fmt() == "20.00 ± 10.00 (n=2)"  # {30, 10}
     assert kl.mean == pytest.approx(0.10) and agree.mean == pytest.approx(90.0) and kl.std == 0.0
     assert t.best()[1] == "FCBoost (Ours) [rotate_half]"  # lowest KL wins
-    checks = {(c["chain"], c["column"]): c["holds"] for c in report.orderings(t)}
+    checks = {(c["chain"], c["column"]): c["holds"] for c in tbl.orderings(t)}
     assert checks[("FCBoost (Ours) [rotate_half] > Kitty > KIVI-KV2*", "KL")] is True
     assert checks[("FCBoost (Ours) [adjacent] > Kitty > KIVI-KV2*", "KL")] is False
     # tie at 20 vs 20 strict-match is not "better"
@@ -179,11 +180,11 @@ def test_analysis_table_and_docs_update(tmp_path, df):
         "# T1\n<!-- BEGIN TABLE table1 -->\nold\n<!-- END TABLE table1 -->\n"
         "<!-- BEGIN TABLE nope -->\nkeep\n<!-- END TABLE nope -->\n"
     )
-    assert report.update_docs(doc, tables) == [doc / "t1.md"]
+    assert report.update_docs(doc, {n: report.block(t) for n, t in tables.items()}) == [doc / "t1.md"]
     text = (doc / "t1.md").read_text()
     assert "\nold\n" not in text and "\nkeep\n" in text and "71.11 ± 1.57 (n=3)" in text
-    assert report.update_docs(doc, tables) == []  # idempotent
-    paths = report.write_tables(tables, tmp_path / "out")
+    assert report.update_docs(doc, {n: report.block(t) for n, t in tables.items()}) == []  # idempotent
+    paths = report.write_tables(tables, tmp_path / "out", report.block)
     assert {p.name for p in paths} >= {"table1.md", "table1.tex", "table1.csv", "analysis_small.csv"}
     csv = pd.read_csv(tmp_path / "out" / "table1.csv")
     fc = csv[(csv.row == "FCBoost (Ours)") & (csv.column == "Average")].iloc[0]
