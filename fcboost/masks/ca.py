@@ -75,14 +75,14 @@ def ca_pair_scores(
         q_t = q[:, pos]  # (Hq, C, D)
         full = torch.einsum("hcd,htd->cht", q_t, k_rep[:, :t_max]) + neg[:, None]  # (C, Hq, t_max)
         in_full = torch.zeros_like(full, dtype=torch.bool)
-        in_full.scatter_(-1, full.topk(top_k, dim=-1).indices, True)  # (C, Hq, t_max)
+        in_full.scatter_(-1, full.topk(top_k, dim=-1, sorted=False).indices, True)  # (C, Hq, t_max)
         qp_t = qp[:, pos].permute(1, 0, 2, 3)  # (C, Hq, P, 2)
         kpt = kp[:, :, :t_max]  # (Hq, P, t_max, 2)
         part = (
             qp_t[..., 0, None] * kpt[None, ..., 0] + qp_t[..., 1, None] * kpt[None, ..., 1]
         )  # (C, Hq, P, t_max)
         part += neg[:, None, None]
-        top_part = part.topk(top_k, dim=-1).indices  # (C, Hq, P, K)
+        top_part = part.topk(top_k, dim=-1, sorted=False).indices  # (C, Hq, P, K)
         del part
         hits = in_full[:, :, None].expand(-1, -1, n_pairs, -1).gather(-1, top_part)  # (C, Hq, P, K)
         total += hits.sum(-1).sum(0).float() / top_k
