@@ -54,12 +54,12 @@ def run(cfg, page_size: int, n_top: int, random_seed: int) -> dict:
     """Build the masks of the config's calibration spec and return the analysis dict."""
     import torch
 
+    from fcboost.experiment.pipeline import load_model
     from fcboost.masks.analysis import analysis_4_4
     from fcboost.masks.profile import chunks_for, get_or_build_mask
-    from fcboost.models import load
 
     torch.manual_seed(0)
-    loaded = load(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device, revision=cfg.model.revision)
+    loaded = load_model(cfg.model)  # the runner's loader: same model, tokenizer and fingerprint as run.py
     ca = mask_spec(cfg.method.mask.profile, method="ca")
     other = "adjacent" if ca.pair_layout == "rotate_half" else "rotate_half"
     specs = {
