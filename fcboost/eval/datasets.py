@@ -24,11 +24,11 @@ def resolve_split_files(data_files: dict[str, str], data_file: str | None = None
     """``{split: path}`` with every relative name resolved; ``data_file`` replaces the (single) test split."""
     from fcboost.data import resolve_data_file
 
-    out = {}
-    for split, rel in data_files.items():
-        explicit = data_file if (data_file and len(data_files) == 1) else rel
-        out[split] = str(resolve_data_file(explicit, relative=rel))
-    return out
+    if data_file:  # an explicit file (a path, or a name under $FCBOOST_DATA) never falls back to the default
+        if len(data_files) != 1:
+            raise ValueError(f"data_file={data_file!r} is ambiguous for the splits {sorted(data_files)}")
+        return {next(iter(data_files)): str(resolve_data_file(data_file))}
+    return {split: str(resolve_data_file(rel)) for split, rel in data_files.items()}
 
 
 def load_json_splits(data_files: dict[str, str] | None = None, data_file: str | None = None, **_ignored):

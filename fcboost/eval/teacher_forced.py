@@ -116,7 +116,7 @@ def run_teacher_forced_task(
 
     if kind not in ("fidelity", "perplexity"):
         raise ValueError(f"kind={kind!r} is unknown; expected 'fidelity' or 'perplexity'")
-    path = resolve_data_file(data_file or data, relative=data)
+    path = resolve_data_file(data_file or data)
     if source == "text":
         chunks = text_chunks(loaded.tokenizer, path, n_chunks, seq_len)
     elif source == "problems":
