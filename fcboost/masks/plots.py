@@ -85,7 +85,8 @@ def plot_by_frequency(mask: ChannelMask, path: str | os.PathLike, title: str | N
         label="share of (layer, KV head) choosing it",
     )
     ax2.set_ylabel("chosen share")
-    fig.legend(loc="upper right", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_title(title or f"{name} by frequency ({mask.pair_layout}, F={mask.n_pairs})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
