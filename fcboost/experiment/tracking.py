@@ -76,8 +76,15 @@ class WandbTracker(NullTracker):
 
     def log_summary(self, metrics: dict) -> None:
         def _do():
+            import json
+
             self.run.log(dict(metrics))
             self.run.summary.update(dict(metrics))
+            # Plain-file copies in the run's files dir (synced with it; readable without W&B's binary log).
+            with open(os.path.join(self.run.dir, "fcboost-summary.json"), "w") as f:
+                json.dump(dict(metrics), f)
+            with open(os.path.join(self.run.dir, "fcboost-config.json"), "w") as f:
+                json.dump(dict(self.run.config), f, default=str)
 
         self._guard("summary", _do)
 

@@ -10,7 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+}
 # Tiny generation settings shared by the pipeline tests.
 TINY = ["model=tiny-qwen3", "task.max_new_tokens=4", "logger=none"]
 
@@ -34,12 +39,27 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
     return hcompose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
-def run_cli(args: list[str], home: Path, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], home: Path, timeout: float = 240, check: bool = True
+) -> subprocess.CompletedProcess:
     """``python run.py <args>`` in a subprocess with the offline test env."""
-    env = {**os.environ, **OFFLINE_ENV, "FCBOOST_DATA": str(FIXTURES), "FCBOOST_HOME": str(home),
-           "FCBOOST_CACHE": str(home / "cache")}
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "FCBOOST_DATA": str(FIXTURES),
+        "FCBOOST_HOME": str(home),
+        "FCBOOST_CACHE": str(home / "cache"),
+    }
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and p.returncode != 0:
-        raise AssertionError(f"run.py {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+        raise AssertionError(
+            f"run.py {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+        )
     return p

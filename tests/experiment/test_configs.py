@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from exp_helpers import CONF, compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
@@ -12,9 +13,10 @@ from fcboost.experiment.methods import build_quant_config, mask_spec
 from fcboost.masks.profile import MaskSpec
 from fcboost.quant.config import KVQuantConfig
 
-from exp_helpers import CONF, compose
-
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "method", "task", "logger", "profile")}
+GROUPS = {
+    g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+    for g in ("model", "method", "task", "logger", "profile")
+}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 
 
@@ -34,27 +36,59 @@ def test_every_experiment_composes(name):
 
 
 def test_groups_are_complete():
-    assert set(GROUPS["model"]) >= {"smollm2-135m", "qwen3-8b", "qwen3-4b", "llama-3.1-8b", "tiny-qwen3", "tiny-llama",
-                                    "qwen3-8b-random"}
-    assert set(GROUPS["method"]) == {"fp16", "kivi", "kitty", "fcboost", "random_mask", "magnitude_mask", "energy_mask"}
+    assert set(GROUPS["model"]) >= {
+        "smollm2-135m",
+        "qwen3-8b",
+        "qwen3-4b",
+        "llama-3.1-8b",
+        "tiny-qwen3",
+        "tiny-llama",
+        "qwen3-8b-random",
+    }
+    assert set(GROUPS["method"]) == {
+        "fp16",
+        "kivi",
+        "kitty",
+        "fcboost",
+        "random_mask",
+        "magnitude_mask",
+        "energy_mask",
+    }
     assert set(GROUPS["task"]) == {"gsm8k", "aime24", "aime25", "fidelity", "perplexity"}
     assert set(GROUPS["logger"]) == {"wandb", "none"}
 
 
-@pytest.mark.parametrize("method,expected", [
-    ("fp16", KVQuantConfig.fp16()), ("kivi", KVQuantConfig.kivi()), ("kitty", KVQuantConfig.kitty(n_boost=16)),
-    ("fcboost", KVQuantConfig.static(boost_values=True)), ("random_mask", KVQuantConfig.static(boost_values=True)),
-    ("magnitude_mask", KVQuantConfig.static(boost_values=True)),
-])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        ("fp16", KVQuantConfig.fp16()),
+        ("kivi", KVQuantConfig.kivi()),
+        ("kitty", KVQuantConfig.kitty(n_boost=16)),
+        ("fcboost", KVQuantConfig.static(boost_values=True)),
+        ("random_mask", KVQuantConfig.static(boost_values=True)),
+        ("magnitude_mask", KVQuantConfig.static(boost_values=True)),
+    ],
+)
 def test_methods_map_onto_presets(method, expected):
     assert build_quant_config(compose([f"method={method}"]).method) == expected
 
 
-@pytest.mark.parametrize("method,kind", [("fcboost", "ca"), ("magnitude_mask", "magnitude"), ("energy_mask", "energy")])
+@pytest.mark.parametrize(
+    "method,kind", [("fcboost", "ca"), ("magnitude_mask", "magnitude"), ("energy_mask", "energy")]
+)
 def test_profiled_methods_carry_a_mask_spec(method, kind):
     spec = mask_spec(compose([f"method={method}", "profile=paper"]).method)
-    assert spec == MaskSpec(method=kind, n_pairs=8, pair_layout="rotate_half", data="wikitext-2/valid.txt",
-                            n_sequences=16, seq_len=8192, min_tokens=512, n_positions=512, top_k=256)
+    assert spec == MaskSpec(
+        method=kind,
+        n_pairs=8,
+        pair_layout="rotate_half",
+        data="wikitext-2/valid.txt",
+        n_sequences=16,
+        seq_len=8192,
+        min_tokens=512,
+        n_positions=512,
+        top_k=256,
+    )
 
 
 def test_random_mask_carries_its_seed():
@@ -62,8 +96,14 @@ def test_random_mask_carries_its_seed():
     assert cfg.method.mask.source == "random" and cfg.method.mask.seed == 7
 
 
-@pytest.mark.parametrize("override,key,value", [("seed=abc", "seed", "abc"), ("task.limit=abc", "limit", "abc"),
-                                                ("task.batch_size=1.5", "batch_size", "1.5")])
+@pytest.mark.parametrize(
+    "override,key,value",
+    [
+        ("seed=abc", "seed", "abc"),
+        ("task.limit=abc", "limit", "abc"),
+        ("task.batch_size=1.5", "batch_size", "1.5"),
+    ],
+)
 def test_wrong_types_fail_at_compose_time(override, key, value):
     compose(["task=gsm8k", override.split("=")[0] + "=3"])  # the right type composes
     with pytest.raises(ConfigCompositionException) as e:
@@ -95,9 +135,16 @@ def test_typo_in_a_yaml_names_the_key(tmp_path):
         compose(["method.quant.key_bitz=2"])
 
 
-@pytest.mark.parametrize("launcher,target", [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
-                                             ("submitit_local", "LocalLauncher"), ("slurm", "SlurmLauncher"),
-                                             ("local_gpus", "JoblibLauncher")])
+@pytest.mark.parametrize(
+    "launcher,target",
+    [
+        ("joblib", "JoblibLauncher"),
+        ("submitit_slurm", "SlurmLauncher"),
+        ("submitit_local", "LocalLauncher"),
+        ("slurm", "SlurmLauncher"),
+        ("local_gpus", "JoblibLauncher"),
+    ],
+)
 def test_launchers_compose(launcher, target):
     cfg = compose([f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)

@@ -12,8 +12,20 @@ from fcboost.experiment.results import RECORD_KEYS, ResultsStore, load_results, 
 
 def _record(key: str, seed: int = 0, metric: float = 0.5) -> dict:
     rec = {k: None for k in RECORD_KEYS}
-    rec.update(key=key, model="tiny", method="kivi", task="gsm8k", protocol="p", seed=seed,
-               metrics={"strict_match": metric}, n_samples=1, config={}, versions={}, timings={}, variant={})
+    rec.update(
+        key=key,
+        model="tiny",
+        method="kivi",
+        task="gsm8k",
+        protocol="p",
+        seed=seed,
+        metrics={"strict_match": metric},
+        n_samples=1,
+        config={},
+        versions={},
+        timings={},
+        variant={},
+    )
     return rec
 
 
@@ -72,12 +84,26 @@ def test_missing_keys_are_refused(tmp_path):
 
 
 def test_key_changes_with_every_part():
-    base = dict(fingerprint={"name": "m"}, method="fcboost", quant={"key_bits": 2}, mask_id="ca-1", task="gsm8k",
-                protocol="p", seed=0)
+    base = dict(
+        fingerprint={"name": "m"},
+        method="fcboost",
+        quant={"key_bits": 2},
+        mask_id="ca-1",
+        task="gsm8k",
+        protocol="p",
+        seed=0,
+    )
     k0 = result_key(**base)
     assert result_key(**base) == k0
-    for field, value in [("fingerprint", {"name": "m2"}), ("method", "kivi"), ("quant", {"key_bits": 4}),
-                         ("mask_id", "ca-2"), ("task", "aime24"), ("protocol", "q"), ("seed", 1)]:
+    for field, value in [
+        ("fingerprint", {"name": "m2"}),
+        ("method", "kivi"),
+        ("quant", {"key_bits": 4}),
+        ("mask_id", "ca-2"),
+        ("task", "aime24"),
+        ("protocol", "q"),
+        ("seed", 1),
+    ]:
         assert result_key(**{**base, field: value}) != k0, field
 
 
