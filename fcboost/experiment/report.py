@@ -141,7 +141,7 @@ T2_ROWS = [
 ]
 G_ROWS = [Row(("fp16",)), Row(("kivi",)), Row(("kitty",)), Row(("fcboost",))]
 F_ROWS = [
-    *G_ROWS,
+    *T1_ROWS,
     Row(("magnitude_mask",)),
     Row(("energy_mask",)),
     Row(("random_mask",), unit="variant.mask_seed"),

@@ -20,12 +20,14 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class Metric:
-    """How a metric is shown: ``scale`` (100 for fractions shown as %), direction, header."""
+    """How a metric is shown: ``scale`` (100 for fractions shown as %), direction, header, decimals
+    (``None``: the table's)."""
 
     name: str
     scale: float = 1.0
     higher_is_better: bool = True
     label: str = ""
+    digits: int | None = None
 
 
 METRICS = {
@@ -33,9 +35,9 @@ METRICS = {
     "strict_match": Metric("strict_match", 100.0, True, "strict-match %"),
     "flexible_extract": Metric("flexible_extract", 100.0, True, "flexible-extract %"),
     "top1_agree": Metric("top1_agree", 100.0, True, "top-1 agree %"),
-    "kl": Metric("kl", 1.0, False, "KL"),
-    "nll": Metric("nll", 1.0, False, "NLL"),
-    "nll_fp16": Metric("nll_fp16", 1.0, False, "NLL fp16"),
+    "kl": Metric("kl", 1.0, False, "KL", digits=4),
+    "nll": Metric("nll", 1.0, False, "NLL", digits=4),
+    "nll_fp16": Metric("nll_fp16", 1.0, False, "NLL fp16", digits=4),
     "ppl": Metric("ppl", 1.0, False, "PPL"),
 }
 METHOD_LABELS = {
@@ -127,11 +129,15 @@ class Table:
                     out[j] = winners[0]
         return out
 
+    def _digits(self, j: int) -> int:
+        m = METRICS.get(self.columns[j].metric)
+        return m.digits if m is not None and m.digits is not None else self.digits
+
     def cells(self, bold: bool = False) -> list[list[str]]:
         best = self.best() if bold else {}
         out = []
         for r, cells in self.rows.items():
-            line = [r, *(c.fmt(self.digits, bold and best.get(j) == r) for j, c in enumerate(cells))]
+            line = [r, *(c.fmt(self._digits(j), bold and best.get(j) == r) for j, c in enumerate(cells))]
             if self.average:
                 line.append(self.average[r].fmt(self.digits))
             if self.delta:
