@@ -22,6 +22,9 @@ class QuantizedKVCache(Cache):
         mask: a :class:`ChannelMask` ``(layers, kv_heads, head_dim)``, required by ``selector="static"``.
         attention_mask: optional ``(B, T)`` 0/1 prompt mask of a left-padded batch. Without it, pad
             counts are inferred from the ``position_ids`` that ``generate`` passes at prefill.
+        read_path: ``"reference"`` (a dequantized mirror, any attention) or ``"fused"`` (no mirror;
+            needs ``model.set_attn_implementation("fcboost_fused")`` after ``import fcboost.attention``:
+            decode steps run the Triton kernel on the packed state).
 
     Example::
 
@@ -31,7 +34,7 @@ class QuantizedKVCache(Cache):
     """
 
     def __init__(self, model_config, quant_config: KVQuantConfig, mask: ChannelMask | None = None,
-                 attention_mask: torch.Tensor | None = None):
+                 attention_mask: torch.Tensor | None = None, read_path: str = "reference"):
         check_supported(model_config)
         shape = attention_shape(model_config)
         qc = quant_config
@@ -59,7 +62,14 @@ class QuantizedKVCache(Cache):
             else:
                 sel = NoBoost()
             layers.append(QuantizedLayer(qc, sel, i, boost_idx))
+        if read_path not in ("reference", "fused"):
+            raise ValueError(f"read_path={read_path!r} is unknown; expected 'reference' or 'fused'")
+        if read_path == "fused" and qc.passthrough:
+            raise ValueError("read_path='fused' needs a quantized config; a 16-bit cache reads with SDPA")
+        for layer in layers:
+            layer.read_path = read_path
         super().__init__(layers=layers)
+        self.read_path = read_path
         self.quant_config = qc
         self.mask = mask
         self.shape = shape

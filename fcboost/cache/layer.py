@@ -29,6 +29,11 @@ Storage per layer (B rows, H KV heads, head_dim D, capacity NP pages / NV tokens
 | v_scale, v_zero       | (B, H, NV, G)            | float16    |
 | v_win                 | (B, H, >=W+1, D)         | model dtype |
 
+Read paths (``read_path``): ``"reference"`` keeps ``mirror_k/mirror_v`` ``(B, H, T, D)`` (below);
+``"fused"`` keeps no mirror: a decode step's attention (:mod:`fcboost.attention`) reads the packed
+state plus the pending new token with the Triton kernel, a fresh prefill attends its own 16-bit
+tokens, a chunked prefill onto a state gets the dequantized state plus its tokens.
+
 The reference read path also keeps ``mirror_k/mirror_v`` ``(B, H, T, D)``: what attention sees
 (16-bit tokens and the dequantized pages/values, pad columns as given), so a decode step costs one
 write instead of dequantizing the whole cache. ``nbytes()`` counts the packed state only.
@@ -76,6 +81,7 @@ class QuantizedLayer(CacheLayerMixin):
         self.n_real: list[int] = []
         self.seq_len = 0
         self._pending: tuple | None = None
+        self.read_path = "reference"
 
     # ----------------------------------------------------------------------------- state
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -148,6 +154,8 @@ class QuantizedLayer(CacheLayerMixin):
         if B != self.B or H != self.H or D != self.D:
             raise ValueError(f"update of shape {tuple(key_states.shape)} does not match the cache's (B,H,D)="
                              f"{(self.B, self.H, self.D)}")
+        if self.read_path == "fused":
+            return self._update_fused(key_states, value_states)
         # Quantize what the previous update left pending: it has been attended in 16 bits by now.
         self.flush()
         t0 = self.seq_len
@@ -158,6 +166,46 @@ class QuantizedLayer(CacheLayerMixin):
         self.seq_len = t0 + n
         self._pending = (t0, key_states, value_states)
         return self.mirror_k[:, :, : self.seq_len], self.mirror_v[:, :, : self.seq_len]
+
+    def _update_fused(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Fused read path: no mirror. Decode and a fresh prefill return the incoming tokens (the
+        fused attention reads :meth:`fused_state` at decode); a chunked prefill onto a state returns
+        the dequantized state (pad columns zero) followed by the incoming tokens."""
+        from fcboost.kernels.state import register_active
+
+        self.flush()
+        t0, n = self.seq_len, key_states.shape[2]
+        out = key_states, value_states
+        if t0 > 0 and n > 1:
+            dense_k = key_states.new_zeros(self.B, self.H, t0 + n, self.D)
+            dense_v = torch.zeros_like(dense_k)
+            for b in range(self.B):
+                k, v = self.dequantized(b)  # (H, n_real, D)
+                c0 = self._col(b, 0)
+                dense_k[b, :, c0 : c0 + k.shape[1]] = k
+                dense_v[b, :, c0 : c0 + v.shape[1]] = v
+            dense_k[:, :, t0:] = key_states
+            dense_v[:, :, t0:] = value_states
+            out = dense_k, dense_v
+        self.seq_len = t0 + n
+        self._pending = (t0, key_states, value_states)
+        register_active(self)
+        return out
+
+    def fused_state(self):
+        """``(PackedKVState, k_new, v_new)`` of a fused decode step: the state before the pending
+        token and that token's key/value ``(B, H, D)``."""
+        from fcboost.kernels.state import PackedKVState
+
+        if self._pending is None or self._pending[1].shape[2] != 1:
+            raise RuntimeError("fused_state() needs a pending single-token (decode) update")
+        _, k, v = self._pending
+        self._pending = None
+        try:
+            st = PackedKVState.from_layer(self)
+        finally:
+            self._pending = (self.seq_len - 1, k, v)
+        return st, k[:, :, 0], v[:, :, 0]
 
     def flush(self) -> None:
         """Apply the timing rules to the tokens of the last update (sink, pages, value window).
@@ -236,7 +284,8 @@ class QuantizedLayer(CacheLayerMixin):
                 self.k_idx[b, :, p0:need] = pk.idx.to(torch.int16)
         deq = dequantize_key_pages(pk, c.page_size, c.key_bits, c.boost_bits).flatten(1, 2)  # (H, n_p*P, D)
         c0 = self._col(b, c.n_sink + p0 * c.page_size)
-        self.mirror_k[b, :, c0 : c0 + deq.shape[1]] = deq.to(self.dtype)
+        if self.read_path == "reference":
+            self.mirror_k[b, :, c0 : c0 + deq.shape[1]] = deq.to(self.dtype)
 
     def _write_values(self, b: int, j0: int, vals: torch.Tensor) -> None:
         c, n = self.cfg, vals.shape[1]
@@ -254,7 +303,8 @@ class QuantizedLayer(CacheLayerMixin):
             self.v_hi[b, :, j0 : j0 + n] = pv.hi
         deq = dequantize_values(pv, self.D, c.value_bits, c.boost_bits, self._value_idx())
         c0 = self._col(b, c.n_sink + j0)
-        self.mirror_v[b, :, c0 : c0 + n] = deq.to(self.dtype)
+        if self.read_path == "reference":
+            self.mirror_v[b, :, c0 : c0 + n] = deq.to(self.dtype)
 
     def _value_idx(self) -> torch.Tensor | None:
         return self.boost_idx.long() if self._value_boost else None  # (H, nb)

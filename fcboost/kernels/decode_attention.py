@@ -15,7 +15,8 @@ Kitty: one per page). Value codes run along channels (byte c holds channels 4c..
 four dots into four accumulators of channels ``{4c+k}``, with the per-token scale folded into P
 and the zero into a running ``sum(p*zero)``; boosted value channels (their own scale group)
 accumulate ``(p*s1) . (lo + 4 hi)`` in slot space and replace their channels at the end.
-Supported: 2-bit keys/values, 4-bit boost, ``P % 64 == 0``, head_dim 64 or 128.
+Supported: 2-bit keys/values, 4-bit boost, ``P % 16 == 0``; page tiles need ``P % 64 == 0`` and
+head_dim >= 64 (otherwise every token takes the token-by-token path: correct, slower).
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def _decode_kernel(
     s_vsb,
     s_vsh,
     s_vst,  # (B, H, NV, G) float16
+    KN,
+    VN,
+    s_nb,
+    s_nh,  # (B, H, D) the new token's key / value (HAS_NEW)
     NREAL,
     NPAGES,
     NVQ,  # (B,) int32
@@ -163,6 +168,7 @@ def _decode_kernel(
     KBOOST: tl.constexpr,
     VBOOST: tl.constexpr,
     PAGED: tl.constexpr,
+    HAS_NEW: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -371,9 +377,10 @@ def _decode_kernel(
         # rest: sink [0, ns) then [A0, nreal), tiles of BT tokens, each inside one key page
         acc = tl.zeros((BM, D), tl.float32)
         qd = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float16)  # (BM, D)
-        a0 = S + nft * BN
+        a0 = tl.minimum(S + nft * BN, nreal)  # page-tile aligned once nreal >= S
+        n_end = nreal + HAS_NEW
         n_c = tl.cdiv(ns, BT)
-        n_ab = tl.cdiv(tl.maximum(nreal - a0, 0), BT)
+        n_ab = tl.cdiv(n_end - a0, BT)
         kq_end = S + npg * P
         vq_end = S + nvq
         tt = tl.arange(0, BT)
@@ -389,14 +396,14 @@ def _decode_kernel(
                 rel0 = nreal * 0 - P
             else:
                 t = a0 + (i - n_c) * BT + tt
-                valid = t < nreal
+                valid = t < n_end
                 rel0 = nft * BN + (i - n_c) * BT
             in_sink = valid & (t < ns)
             rel = t - S
             in_kq = valid & (t >= S) & (t < kq_end)
-            in_kb = valid & (t >= S) & (t >= kq_end)
+            in_kb = valid & (t >= S) & (t >= kq_end) & (t < nreal)
             in_vq = valid & (t >= S) & (t < vq_end)
-            in_vw = valid & (t >= S) & (t >= vq_end)
+            in_vw = valid & (t >= S) & (t >= vq_end) & (t < nreal)
             sk = tl.load(
                 SK + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
             )
@@ -406,6 +413,12 @@ def _decode_kernel(
                 other=0.0,
             )
             kf = sk.to(tl.float32) + kbf.to(tl.float32)
+            in_new = valid & (t == nreal)
+            if HAS_NEW:
+                kn = tl.load(
+                    KN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+                )
+                kf += kn.to(tl.float32)
             # quantized keys: one page per tile
             pg = rel0 // P  # the tile's key page (-1 for sink tiles)
             pg_d = d * 0 + pg  # (D,) (a tensor mask: the interpreter mishandles scalar & tensor)
@@ -447,6 +460,11 @@ def _decode_kernel(
                 other=0.0,
             )
             vf = sv.to(tl.float32) + vwf.to(tl.float32)
+            if HAS_NEW:
+                vn = tl.load(
+                    VN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+                )
+                vf += vn.to(tl.float32)
             vrow = VLO + b * s_vlb + h * s_vlh + rel[:, None] * s_vlt
             vcode = (
                 tl.load(vrow + (d // 4)[None, :], mask=in_vq[:, None], other=0).to(tl.int32)
@@ -524,15 +542,19 @@ def decode_attention(
     q: torch.Tensor,
     st: PackedKVState,
     scaling: float,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
     n_splits: int | None = None,
     tile_rows: int = 16,
     max_tiles: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
-    """Attention of one new query token per row over the packed state.
+    """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
-    q: (B, Hq, D) fp16/bf16 (the new token's queries; its key/value are already in ``st``'s
-    buffers). Returns (B, Hq, D) in q's dtype. ``max_tiles`` (host int) bounds the page tiles per
-    row (defaults to the longest row's, read from ``st``).
+    q: (B, Hq, D) fp16/bf16. k_new/v_new: (B, H, D) the new token's key/value, attended in 16 bits
+    after the state's ``n_real`` tokens (None: the state already holds it). Returns (B, Hq, D) in
+    q's dtype. ``max_tiles`` (host int) bounds the page tiles per row (default: read from ``st``).
     """
     st.check()
     B, Hq, D = q.shape
@@ -546,11 +568,23 @@ def decode_attention(
     if q.stride(-1) != 1:
         q = q.contiguous()
     GQ = Hq // H
+    has_new = k_new is not None
+    if has_new:
+        if k_new.shape != (B, H, D) or v_new is None or v_new.shape != k_new.shape or k_new.dtype != q.dtype:
+            raise ValueError(
+                f"k_new/v_new must be ({B}, {H}, {D}) {q.dtype}; got k_new {tuple(k_new.shape)} "
+                f"{k_new.dtype}, v_new {None if v_new is None else tuple(v_new.shape)}"
+            )
+        if k_new.stride() != v_new.stride() or k_new.stride(-1) != 1:
+            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        kn, vn, nstr = k_new, v_new, (k_new.stride(0), k_new.stride(1))
+    else:
+        kn, vn, nstr = q, q, (0, 0)
     c = st.cfg
     S, P = c.n_sink, c.page_size
     R = tile_rows
     BN = 4 * R
-    paged = P % BN == 0
+    paged = P % BN == 0 and D >= 64  # page tiles need R >= 16 tokens and D/4 >= 16 channels per dot
     BT = 32 if P % 32 == 0 else 16
     if P % BT:
         raise ValueError(f"page_size={P} must be a multiple of 16 for the fused kernel")
@@ -604,6 +638,9 @@ def decode_attention(
         st.v_scale,
         st.v_zero,
         *st.v_scale.stride()[:3],
+        kn,
+        vn,
+        *nstr,
         st.n_real,
         st.n_pages,
         st.n_vq,
@@ -625,7 +662,9 @@ def decode_attention(
         KBOOST=kboost,
         VBOOST=vboost,
         PAGED=paged,
-        num_warps=4,
+        HAS_NEW=has_new,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _combine_kernel[(B * H,)](o_acc, o_m, o_l, out, ns + 1, GQ=GQ, GP=max(2, triton.next_power_of_2(GQ)), D=D)
@@ -643,13 +682,22 @@ def _sm_count(device: torch.device) -> int:
     return _SM[device]
 
 
-def decode_attention_reference(q: torch.Tensor, st: PackedKVState, scaling: float) -> torch.Tensor:
+def decode_attention_reference(
+    q: torch.Tensor,
+    st: PackedKVState,
+    scaling: float,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The spec: dequantize each row's real tokens from the packed state (fp32 -> model dtype, as the
-    reference read path), then softmax attention in fp32. q (B, Hq, D) -> (B, Hq, D) fp32."""
+    reference read path), append the new token (B, H, D), softmax attention in fp32.
+    q (B, Hq, D) -> (B, Hq, D) fp32."""
     B, Hq, D = q.shape
     out = torch.empty(B, Hq, D, dtype=torch.float32, device=q.device)
     for b in range(B):
         k, v = st.dequantized(b)  # (H, n, D) model dtype
+        if k_new is not None:
+            k, v = torch.cat([k, k_new[b, :, None]], 1), torch.cat([v, v_new[b, :, None]], 1)
         g = Hq // k.shape[0]
         k = k.float().repeat_interleave(g, 0)  # (Hq, n, D)
         v = v.float().repeat_interleave(g, 0)

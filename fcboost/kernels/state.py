@@ -9,6 +9,7 @@ int32 ``(B,)`` device tensors: ``n_real`` real tokens (sink + keys, including th
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,23 @@ class PackedKVState:
             layer.v_hi,
         )
 
+    def nbytes_read(self) -> int:
+        """Bytes the fused kernel must read for the rows' real tokens (packed planes, scales, 16-bit parts)."""
+        c, (_, H, _, D) = self.cfg, self.sink_k.shape
+        el = self.sink_k.element_size()
+        n, npg, nvq = self.n_real.long(), self.n_pages.long(), self.n_vq.long()
+        ns = n.clamp(max=c.n_sink)
+        total = int((2 * ns + (n - ns - npg * c.page_size) + (n - ns - nvq)).sum()) * H * D * el
+
+        def per(t):
+            return 0 if t is None else t[0, 0, 0].numel() * t.element_size() * H
+
+        for t in (self.k_lo, self.k_hi, self.k_idx, self.k_scale, self.k_zero):
+            total += int(npg.sum()) * per(t)
+        for t in (self.v_lo, self.v_hi, self.v_scale, self.v_zero):
+            total += int(nvq.sum()) * per(t)
+        return total
+
     def check(self) -> None:
         """Raise if the configuration or the storage is one the fused kernels do not serve."""
         c = self.cfg
@@ -82,8 +100,10 @@ class PackedKVState:
                 f"{c.key_bits}, value_bits={c.value_bits}, boost_bits={c.boost_bits}"
             )
         D = self.sink_k.shape[-1]
-        if D not in (64, 128):
-            raise ValueError(f"head_dim={D} is not supported by the fused kernel (expected 64 or 128)")
+        if D not in (32, 64, 128, 256):
+            raise ValueError(
+                f"head_dim={D} is not supported by the fused kernel (expected 32, 64, 128 or 256)"
+            )
         if self.k_hi is not None and self.k_idx is None and self.boost_idx is None:
             raise ValueError("a boosted state needs k_idx (Kitty) or boost_idx (static mask)")
         for name in ("n_real", "n_pages", "n_vq"):
@@ -146,7 +166,8 @@ def random_state(
     ``lengths``: real tokens per row. ``pending=True`` leaves the newest token's flush undone
     (up to P+1 keys in the buffer, W+1 values in the window), the fused read path's state.
     """
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     B, H, D = len(lengths), n_kv_heads, head_dim
     S, P, W = cfg.n_sink, cfg.page_size, cfg.window
     nb = cfg.n_boost
@@ -162,13 +183,13 @@ def random_state(
     NP, NV = max(npg + [1]), max(nvq + [1])
 
     def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype).to(device)
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
 
     def u8(*shape):
-        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8, device=device)
 
     def pos16(*shape):
-        return (torch.rand(*shape, generator=g) * 0.5 + 0.05).to(torch.float16).to(device)
+        return (torch.rand(*shape, generator=g, device=device) * 0.5 + 0.05).to(torch.float16)
 
     mk = dict(
         sink_k=rnd(B, H, S, D),
@@ -208,3 +229,19 @@ def random_state(
         if vboost:
             st.v_hi = u8(B, H, NV, -(-nb * 2 // 8))
     return st
+
+
+# Layers of the cache updated last, by layer index: the attention function receives the module
+# (with ``layer_idx``) but not the cache, and runs right after that layer's update.
+_ACTIVE: dict[int, weakref.ref] = {}
+
+
+def register_active(layer) -> None:
+    """Record ``layer`` (a fused-path QuantizedLayer) as the one attention reads for its index."""
+    _ACTIVE[layer.layer_idx] = weakref.ref(layer)
+
+
+def active_layer(layer_idx: int):
+    """The fused-path layer last updated at ``layer_idx``, or None."""
+    ref = _ACTIVE.get(layer_idx)
+    return None if ref is None else ref()

@@ -1,0 +1,90 @@
+"""Fused decode attention vs the PyTorch reference (dequantize + fp32 softmax attention).
+
+Tolerances (relative L2 over the batch): the kernel folds scales into fp16 operands and rounds
+its output to the model dtype, so fp16 lands near 2e-4 and bf16 near 2.5e-3 (bf16's output
+rounding, 2^-9); we require 1e-3 and 6e-3.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
+from fcboost.kernels.state import random_state
+from fcboost.quant.config import KVQuantConfig
+
+TOL = {torch.float16: 1e-3, torch.bfloat16: 6e-3}
+SMALL = dict(n_sink=32, page_size=64, window=64)
+
+
+def _cfg(method: str, **kw) -> KVQuantConfig:
+    return {
+        "kivi": KVQuantConfig.kivi(**kw),
+        "kitty": KVQuantConfig.kitty(n_boost=16, **kw),
+        "static": KVQuantConfig.static(n_boost=16, boost_values=True, **kw),
+        "static_keys": KVQuantConfig.static(n_boost=16, boost_values=False, **kw),
+    }[method]
+
+
+def _check(cfg, lengths, H, G, D, dtype, device, new=True, seed=0, **kw):
+    st = random_state(cfg, lengths, H, D, dtype, device, seed=seed)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    B = len(lengths)
+    q = torch.randn(B, H * G, D, generator=g, device=device).to(dtype)
+    kn = vn = None
+    if new:
+        kn, vn = (torch.randn(B, H, D, generator=g, device=device).to(dtype) for _ in range(2))
+    out = decode_attention(q, st, D**-0.5, kn, vn, **kw)
+    ref = decode_attention_reference(q, st, D**-0.5, kn, vn)
+    assert out.shape == (B, H * G, D) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    err = float((out.float() - ref).norm() / ref.norm())
+    assert err < TOL[dtype], f"{cfg.selector} {dtype} D={D} G={G} lengths={lengths}: rel L2 {err:.2e}"
+    per_row = ((out.float() - ref).norm(dim=(1, 2)) / ref.norm(dim=(1, 2))).max()
+    assert per_row < 2 * TOL[dtype], f"worst row rel L2 {per_row:.2e}"
+
+
+@pytest.mark.parametrize(
+    "method,dtype,D,G",
+    [
+        ("kivi", torch.float16, 64, 4),
+        ("kivi", torch.bfloat16, 128, 1),
+        ("kitty", torch.bfloat16, 64, 3),
+        ("kitty", torch.float16, 128, 8),
+        ("static", torch.float16, 64, 8),
+        ("static", torch.bfloat16, 128, 4),
+        ("static_keys", torch.bfloat16, 64, 1),
+    ],
+)
+def test_fused_matches_reference(method, dtype, D, G, device):
+    # ragged rows over every region: sink only, sink+buffer, pages+window, several page tiles
+    _check(_cfg(method, **SMALL), [1, 33, 161, 289], H=2 if G == 1 else 1, G=G, D=D, dtype=dtype, device=device, n_splits=2)
+
+
+@pytest.mark.parametrize("method", ["kitty", "static"])
+def test_paper_page_size_and_state_holding_new_token(method, device):
+    """S=32, P=W=128; the new token already in the buffers (no k_new) and one split per row."""
+    _check(_cfg(method), [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False, n_splits=1)
+
+
+def test_split_count_does_not_change_result(device):
+    cfg = _cfg("static", **SMALL)
+    st = random_state(cfg, [420], 1, 64, torch.float16, device, seed=3)
+    q = torch.randn(1, 2, 64, device=device).to(torch.float16)
+    outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
+    assert (outs[0] - outs[1]).abs().max() < 2e-3
+
+
+def test_bad_input_raises(device):
+    st = random_state(_cfg("kivi", **SMALL), [5], 2, 64, torch.float16, device)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention(torch.randn(1, 4, 64, device=device), st, 0.125)
+    with pytest.raises(ValueError, match="does not match"):
+        decode_attention(torch.randn(1, 3, 64, device=device).half(), st, 0.125)
+    with pytest.raises(ValueError, match="k_new"):
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125,
+                         torch.randn(1, 2, 32, device=device).half(), None)
+    st4 = random_state(KVQuantConfig.kivi(key_bits=4, value_bits=4, **SMALL), [5], 2, 64, torch.float16, device)
+    with pytest.raises(ValueError, match="2-bit"):
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st4, 0.125)

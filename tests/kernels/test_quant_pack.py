@@ -1,0 +1,87 @@
+"""Triton quantize-and-pack vs fcboost.quant.mixed: codes, scales and zeros bitwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fcboost.kernels.quant_pack import pack_key_pages, pack_values
+from fcboost.quant.mixed import boost_index, quantize_key_pages, quantize_values
+from fcboost.quant.selectors import DynamicMagnitude
+
+NB = 16
+
+
+def _mask(H: int, D: int, g: torch.Generator) -> torch.Tensor:
+    m = torch.zeros(H, D, dtype=torch.bool)
+    for h in range(H):
+        m[h, torch.randperm(D, generator=g)[:NB]] = True
+    return m
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
+@pytest.mark.parametrize("D,dtype,P", [(64, torch.bfloat16, 32), (128, torch.float16, 64)])
+def test_key_pages_bitwise(mode, D, dtype, P, device):
+    g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
+    B, H, NP = 3, 2, 4
+    src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
+    src[1, 0, 5:5 + P, 3] = 0.5  # a constant channel: scale 0 -> 1
+    src = src.to(device)
+    lo = torch.zeros(B, H, NP, P // 4, D, dtype=torch.uint8, device=device)
+    sc, zr = (torch.zeros(B, H, NP, D, dtype=torch.float16, device=device) for _ in range(2))
+    hi = None if mode == "none" else torch.zeros(B, H, NP, P // 4, NB, dtype=torch.uint8, device=device)
+    mask = _mask(H, D, g)
+    sidx = boost_index(mask, NB).to(torch.int16)
+    idx = {"none": None, "dynamic": torch.zeros(B, H, NP, NB, dtype=torch.int16), "static": sidx}[mode]
+    idx = None if idx is None else idx.to(device)
+    entries = [(0, 0, 1), (2, 3, 3), (1, 5, 0)]  # (row, first token, page)
+    rows, toks, pages = zip(*entries)
+    pack_key_pages(src, rows, toks, pages, lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx,
+                   dynamic=mode == "dynamic", n_boost=0 if hi is None else NB)
+    for b, t0, pg in entries:
+        page = src[b, :, t0:t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
+        isb = {"none": None, "dynamic": DynamicMagnitude(NB).key_boost(page) if mode == "dynamic" else None,
+               "static": mask.unsqueeze(1)}[mode]
+        pk = quantize_key_pages(page, 2, 4, isb, 0 if isb is None else NB)
+        assert torch.equal(pk.lo[:, 0], lo[b, :, pg].cpu()), f"lo codes differ, row {b} page {pg}"
+        assert torch.equal(pk.scale[:, 0], sc[b, :, pg].cpu()), f"scales differ, row {b}"
+        assert torch.equal(pk.zero[:, 0], zr[b, :, pg].cpu()), f"zeros differ, row {b}"
+        if hi is not None:
+            assert torch.equal(pk.hi[:, 0], hi[b, :, pg].cpu()), f"hi codes differ, row {b}"
+            if mode == "dynamic":
+                assert torch.equal(pk.idx[:, 0].to(torch.int16), idx[b, :, pg].cpu()), "Kitty's channel slots differ"
+
+
+@pytest.mark.parametrize("boost", [False, True])
+@pytest.mark.parametrize("D,dtype", [(64, torch.float16), (128, torch.bfloat16)])
+def test_values_bitwise(boost, D, dtype, device):
+    g = torch.Generator().manual_seed(D + boost)
+    B, H, NV = 3, 2, 60
+    src = (torch.randn(B, H, 40, D, generator=g) * 2).to(dtype)
+    src[2, 1, 3] = -1.25  # a constant token
+    src = src.to(device)
+    G = 2 if boost else 1
+    lo = torch.zeros(B, H, NV, D // 4, dtype=torch.uint8, device=device)
+    sc, zr = (torch.zeros(B, H, NV, G, dtype=torch.float16, device=device) for _ in range(2))
+    mask = _mask(H, D, g)
+    hi = torch.zeros(B, H, NV, NB * 2 // 8, dtype=torch.uint8, device=device) if boost else None
+    idx = boost_index(mask, NB).to(torch.int16).to(device) if boost else None
+    entries = [(0, 0, 5, 20), (2, 3, 40, 1), (1, 10, 0, 17)]  # (row, src token, dst token, count)
+    pack_values(src, *zip(*entries), lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx)
+    for b, s0, d0, n in entries:
+        pv = quantize_values(src[b, :, s0:s0 + n].cpu(), 2, 4, mask if boost else None, NB if boost else 0)
+        assert torch.equal(pv.lo, lo[b, :, d0:d0 + n].cpu()), f"lo codes differ, row {b}"
+        assert torch.equal(pv.scale, sc[b, :, d0:d0 + n].cpu()), f"scales differ, row {b}"
+        assert torch.equal(pv.zero, zr[b, :, d0:d0 + n].cpu()), f"zeros differ, row {b}"
+        if boost:
+            assert torch.equal(pv.hi, hi[b, :, d0:d0 + n].cpu()), f"hi codes differ, row {b}"
+
+
+def test_bad_input_raises(device):
+    src = torch.randn(1, 2, 8, 64, device=device).to(torch.float16)
+    lo = torch.zeros(1, 2, 1, 8, 64, dtype=torch.uint8, device=device)
+    sc = torch.zeros(1, 2, 1, 32, dtype=torch.float16, device=device)
+    with pytest.raises(ValueError, match="scale"):
+        pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
+    with pytest.raises(ValueError, match="src"):
+        pack_key_pages(src.transpose(2, 3), [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
