@@ -59,13 +59,24 @@ def _check(cfg, lengths, H, G, D, dtype, device, new=True, seed=0, **kw):
 )
 def test_fused_matches_reference(method, dtype, D, G, device):
     # ragged rows over every region: sink only, sink+buffer, pages+window, several page tiles
-    _check(_cfg(method, **SMALL), [1, 33, 161, 289], H=2 if G == 1 else 1, G=G, D=D, dtype=dtype, device=device, n_splits=2)
+    _check(
+        _cfg(method, **SMALL),
+        [1, 33, 161, 289],
+        H=2 if G == 1 else 1,
+        G=G,
+        D=D,
+        dtype=dtype,
+        device=device,
+        n_splits=2,
+    )
 
 
 @pytest.mark.parametrize("method", ["kitty", "static"])
 def test_paper_page_size_and_state_holding_new_token(method, device):
     """S=32, P=W=128; the new token already in the buffers (no k_new) and one split per row."""
-    _check(_cfg(method), [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False, n_splits=1)
+    _check(
+        _cfg(method), [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False, n_splits=1
+    )
 
 
 def test_split_count_does_not_change_result(device):
@@ -83,8 +94,36 @@ def test_bad_input_raises(device):
     with pytest.raises(ValueError, match="does not match"):
         decode_attention(torch.randn(1, 3, 64, device=device).half(), st, 0.125)
     with pytest.raises(ValueError, match="k_new"):
-        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125,
-                         torch.randn(1, 2, 32, device=device).half(), None)
-    st4 = random_state(KVQuantConfig.kivi(key_bits=4, value_bits=4, **SMALL), [5], 2, 64, torch.float16, device)
+        decode_attention(
+            torch.randn(1, 4, 64, device=device).half(),
+            st,
+            0.125,
+            torch.randn(1, 2, 32, device=device).half(),
+            None,
+        )
+    st4 = random_state(
+        KVQuantConfig.kivi(key_bits=4, value_bits=4, **SMALL), [5], 2, 64, torch.float16, device
+    )
     with pytest.raises(ValueError, match="2-bit"):
         decode_attention(torch.randn(1, 4, 64, device=device).half(), st4, 0.125)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_matches_reference_qwen3_8b_shape(method, dtype):
+    """32 query heads, 8 KV heads, d=128, paper config (S=32, P=W=128), ragged rows up to 32K."""
+    _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda", seed=5)
+    _check(
+        _cfg(method),
+        [8191] * 4,
+        H=8,
+        G=4,
+        D=128,
+        dtype=dtype,
+        device="cuda",
+        seed=6,
+        tile_rows=32,
+        n_splits=7,
+    )

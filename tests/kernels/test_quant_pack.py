@@ -25,7 +25,7 @@ def test_key_pages_bitwise(mode, D, dtype, P, device):
     g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
     B, H, NP = 3, 2, 4
     src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
-    src[1, 0, 5:5 + P, 3] = 0.5  # a constant channel: scale 0 -> 1
+    src[1, 0, 5 : 5 + P, 3] = 0.5  # a constant channel: scale 0 -> 1
     src = src.to(device)
     lo = torch.zeros(B, H, NP, P // 4, D, dtype=torch.uint8, device=device)
     sc, zr = (torch.zeros(B, H, NP, D, dtype=torch.float16, device=device) for _ in range(2))
@@ -36,12 +36,28 @@ def test_key_pages_bitwise(mode, D, dtype, P, device):
     idx = None if idx is None else idx.to(device)
     entries = [(0, 0, 1), (2, 3, 3), (1, 5, 0)]  # (row, first token, page)
     rows, toks, pages = zip(*entries)
-    pack_key_pages(src, rows, toks, pages, lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx,
-                   dynamic=mode == "dynamic", n_boost=0 if hi is None else NB)
+    pack_key_pages(
+        src,
+        rows,
+        toks,
+        pages,
+        lo=lo,
+        scale=sc,
+        zero=zr,
+        bits=2,
+        boost_bits=4,
+        hi=hi,
+        idx=idx,
+        dynamic=mode == "dynamic",
+        n_boost=0 if hi is None else NB,
+    )
     for b, t0, pg in entries:
-        page = src[b, :, t0:t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
-        isb = {"none": None, "dynamic": DynamicMagnitude(NB).key_boost(page) if mode == "dynamic" else None,
-               "static": mask.unsqueeze(1)}[mode]
+        page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
+        isb = {
+            "none": None,
+            "dynamic": DynamicMagnitude(NB).key_boost(page) if mode == "dynamic" else None,
+            "static": mask.unsqueeze(1),
+        }[mode]
         pk = quantize_key_pages(page, 2, 4, isb, 0 if isb is None else NB)
         assert torch.equal(pk.lo[:, 0], lo[b, :, pg].cpu()), f"lo codes differ, row {b} page {pg}"
         assert torch.equal(pk.scale[:, 0], sc[b, :, pg].cpu()), f"scales differ, row {b}"
@@ -49,7 +65,9 @@ def test_key_pages_bitwise(mode, D, dtype, P, device):
         if hi is not None:
             assert torch.equal(pk.hi[:, 0], hi[b, :, pg].cpu()), f"hi codes differ, row {b}"
             if mode == "dynamic":
-                assert torch.equal(pk.idx[:, 0].to(torch.int16), idx[b, :, pg].cpu()), "Kitty's channel slots differ"
+                assert torch.equal(pk.idx[:, 0].to(torch.int16), idx[b, :, pg].cpu()), (
+                    "Kitty's channel slots differ"
+                )
 
 
 @pytest.mark.parametrize("boost", [False, True])
@@ -69,12 +87,12 @@ def test_values_bitwise(boost, D, dtype, device):
     entries = [(0, 0, 5, 20), (2, 3, 40, 1), (1, 10, 0, 17)]  # (row, src token, dst token, count)
     pack_values(src, *zip(*entries), lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx)
     for b, s0, d0, n in entries:
-        pv = quantize_values(src[b, :, s0:s0 + n].cpu(), 2, 4, mask if boost else None, NB if boost else 0)
-        assert torch.equal(pv.lo, lo[b, :, d0:d0 + n].cpu()), f"lo codes differ, row {b}"
-        assert torch.equal(pv.scale, sc[b, :, d0:d0 + n].cpu()), f"scales differ, row {b}"
-        assert torch.equal(pv.zero, zr[b, :, d0:d0 + n].cpu()), f"zeros differ, row {b}"
+        pv = quantize_values(src[b, :, s0 : s0 + n].cpu(), 2, 4, mask if boost else None, NB if boost else 0)
+        assert torch.equal(pv.lo, lo[b, :, d0 : d0 + n].cpu()), f"lo codes differ, row {b}"
+        assert torch.equal(pv.scale, sc[b, :, d0 : d0 + n].cpu()), f"scales differ, row {b}"
+        assert torch.equal(pv.zero, zr[b, :, d0 : d0 + n].cpu()), f"zeros differ, row {b}"
         if boost:
-            assert torch.equal(pv.hi, hi[b, :, d0:d0 + n].cpu()), f"hi codes differ, row {b}"
+            assert torch.equal(pv.hi, hi[b, :, d0 : d0 + n].cpu()), f"hi codes differ, row {b}"
 
 
 def test_bad_input_raises(device):
@@ -85,3 +103,49 @@ def test_bad_input_raises(device):
         pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
     with pytest.raises(ValueError, match="src"):
         pack_key_pages(src.transpose(2, 3), [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
+def test_key_pages_bitwise_batch64_gpu(mode):
+    """One page for all 8 KV heads of a layer at batch 64, head_dim 128, P=128 (the real shape)."""
+    g = torch.Generator().manual_seed(7)
+    B, H, P, D, NP = 64, 8, 128, 128, 2
+    src = (torch.randn(B, H, P, D, generator=g) * 2).to(torch.bfloat16).cuda()
+    lo = torch.zeros(B, H, NP, P // 4, D, dtype=torch.uint8, device="cuda")
+    sc, zr = (torch.zeros(B, H, NP, D, dtype=torch.float16, device="cuda") for _ in range(2))
+    hi = None if mode == "none" else torch.zeros(B, H, NP, P // 4, NB, dtype=torch.uint8, device="cuda")
+    mask = _mask(H, D, g)
+    idx = {
+        "none": None,
+        "dynamic": torch.zeros(B, H, NP, NB, dtype=torch.int16),
+        "static": boost_index(mask, NB).to(torch.int16),
+    }[mode]
+    idx = None if idx is None else idx.cuda()
+    pack_key_pages(
+        src,
+        range(B),
+        [0] * B,
+        [1] * B,
+        lo=lo,
+        scale=sc,
+        zero=zr,
+        bits=2,
+        boost_bits=4,
+        hi=hi,
+        idx=idx,
+        dynamic=mode == "dynamic",
+        n_boost=0 if hi is None else NB,
+    )
+    pages = src.unsqueeze(2)  # (B, H, 1, P, D)
+    isb = None
+    if mode == "dynamic":
+        isb = torch.stack([DynamicMagnitude(NB).key_boost(pages[b]) for b in range(B)])
+    elif mode == "static":
+        isb = mask.cuda().unsqueeze(1)
+    pk = quantize_key_pages(pages, 2, 4, isb, 0 if isb is None else NB)
+    assert torch.equal(pk.lo[:, :, 0], lo[:, :, 1]) and torch.equal(pk.scale[:, :, 0], sc[:, :, 1])
+    assert torch.equal(pk.zero[:, :, 0], zr[:, :, 1])
+    if hi is not None:
+        assert torch.equal(pk.hi[:, :, 0], hi[:, :, 1])
