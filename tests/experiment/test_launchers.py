@@ -14,7 +14,6 @@ SWEEP = [
     "task.n_chunks=1",
     "task.seq_len=300",
     "task.min_pos=200",
-    "-m",
 ]
 
 
@@ -29,7 +28,7 @@ SWEEP = [
 )
 def test_two_job_sweep(tmp_path, launcher):
     home = tmp_path / "home"
-    run_cli([*SWEEP, *launcher], home, timeout=400)
+    run_cli([*SWEEP, *launcher, "-m"], home, timeout=400)
     df = load_results(home / "results")
     assert sorted(df.method) == ["fp16", "kivi"]
     fp16 = df[df.method == "fp16"].iloc[0].metrics
