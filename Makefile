@@ -3,6 +3,7 @@ PYTHON ?= python
 TORCH ?= torch==2.13.0
 export FCBOOST_DATA ?= $(abspath ../shared/data)
 
+
 .PHONY: help install test test-all test-gpu lint format run bench tables
 
 help: ## list targets
