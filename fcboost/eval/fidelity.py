@@ -44,7 +44,7 @@ def _visibility(T: int, cfg: KVQuantConfig, device) -> tuple[torch.Tensor, torch
 def quantized_kv(layer, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dequantized keys/values ``(B, H, T, D)`` as the cache would store them once quantized
     (sink and incomplete tail pages left as they are: they are never shown quantized)."""
-    cfg, (B, H, T, D) = layer.cfg, key.shape
+    cfg, (B, _, T, D) = layer.cfg, key.shape
     if cfg.passthrough:
         return key, value
     S, P = cfg.n_sink, cfg.page_size
@@ -53,8 +53,9 @@ def quantized_kv(layer, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.T
     for b in range(B):
         if n_pages:
             pages = key[b, :, S : S + n_pages * P].unflatten(1, (n_pages, P))  # (H, n_p, P, D)
-            pk = quantize_key_pages(pages, cfg.key_bits, cfg.boost_bits, layer.selector.key_boost(pages),
-                                    layer.n_boost)
+            pk = quantize_key_pages(
+                pages, cfg.key_bits, cfg.boost_bits, layer.selector.key_boost(pages), layer.n_boost
+            )
             deq = dequantize_key_pages(pk, P, cfg.key_bits, cfg.boost_bits)
             kq[b, :, S : S + n_pages * P] = deq.flatten(1, 2).to(key.dtype)
         if T > S:
@@ -117,8 +118,9 @@ def simulation(model, quant_config: KVQuantConfig, mask: ChannelMask | None = No
 
 
 @torch.no_grad()
-def decode_logits(model, ids: torch.Tensor, quant_config: KVQuantConfig, mask: ChannelMask | None = None,
-                  prefill: int = 64) -> torch.Tensor:
+def decode_logits(
+    model, ids: torch.Tensor, quant_config: KVQuantConfig, mask: ChannelMask | None = None, prefill: int = 64
+) -> torch.Tensor:
     """Logits ``(B, T, V)``: prefill ``prefill`` tokens into a fresh cache, then one token at a time."""
     from fcboost.cache import QuantizedKVCache
 
@@ -130,8 +132,14 @@ def decode_logits(model, ids: torch.Tensor, quant_config: KVQuantConfig, mask: C
 
 
 @torch.no_grad()
-def quantized_logits(model, ids: torch.Tensor, quant_config: KVQuantConfig, mask: ChannelMask | None = None,
-                     prefill: int = 64, mode: str = "simulate") -> torch.Tensor:
+def quantized_logits(
+    model,
+    ids: torch.Tensor,
+    quant_config: KVQuantConfig,
+    mask: ChannelMask | None = None,
+    prefill: int = 64,
+    mode: str = "simulate",
+) -> torch.Tensor:
     """Teacher-forced logits ``(B, T, V)`` under the quantized cache (see module docstring)."""
     if mode == "decode":
         return decode_logits(model, ids, quant_config, mask, prefill)
@@ -142,9 +150,16 @@ def quantized_logits(model, ids: torch.Tensor, quant_config: KVQuantConfig, mask
 
 
 @torch.no_grad()
-def fidelity(model, chunks: list[torch.Tensor] | torch.Tensor, quant_config: KVQuantConfig,
-             mask: ChannelMask | None = None, prefill: int = 64, min_pos: int = 256,
-             mode: str = "simulate", reference: list[torch.Tensor] | None = None) -> dict:
+def fidelity(
+    model,
+    chunks: list[torch.Tensor] | torch.Tensor,
+    quant_config: KVQuantConfig,
+    mask: ChannelMask | None = None,
+    prefill: int = 64,
+    min_pos: int = 256,
+    mode: str = "simulate",
+    reference: list[torch.Tensor] | None = None,
+) -> dict:
     """Mean KL(fp16 || quant), top-1 agreement and NLLs over positions ``>= min_pos`` of all chunks.
 
     ``chunks``: 1-D LongTensors of equal or different lengths (> ``min_pos + 1``).
@@ -157,7 +172,9 @@ def fidelity(model, chunks: list[torch.Tensor] | torch.Tensor, quant_config: KVQ
     n = 0
     for i, ids in enumerate(chunks):
         if ids.ndim != 1 or ids.numel() <= min_pos + 1:
-            raise ValueError(f"chunk {i} must be 1-D with more than min_pos+1={min_pos + 1} tokens; got {tuple(ids.shape)}")
+            raise ValueError(
+                f"chunk {i} must be 1-D with more than min_pos+1={min_pos + 1} tokens; got {tuple(ids.shape)}"
+            )
         x = ids.to(device)[None]
         lp_f = reference[i] if reference is not None else fp16_logprobs(model, x[0])
         lp_q = torch.log_softmax(quantized_logits(model, x, quant_config, mask, prefill, mode)[0].float(), -1)
@@ -168,8 +185,14 @@ def fidelity(model, chunks: list[torch.Tensor] | torch.Tensor, quant_config: KVQ
         nll_q -= float(q.gather(-1, target[:, None]).sum())
         nll_f -= float(f.gather(-1, target[:, None]).sum())
         n += target.numel()
-    return {"kl": kl_sum / n, "top1_agree": agree / n, "nll": nll_q / n, "nll_fp16": nll_f / n,
-            "ppl": math.exp(nll_q / n), "n_positions": n}
+    return {
+        "kl": kl_sum / n,
+        "top1_agree": agree / n,
+        "nll": nll_q / n,
+        "nll_fp16": nll_f / n,
+        "ppl": math.exp(nll_q / n),
+        "n_positions": n,
+    }
 
 
 @torch.no_grad()

@@ -83,7 +83,9 @@ class ChannelMask:
                 f"every (layer, KV head) must boost the same number of channels; got counts {counts.unique().tolist()}"
             )
         if self.n_pairs and int(counts.flatten()[0]) != 2 * self.n_pairs:
-            raise ValueError(f"n_pairs={self.n_pairs} but the mask sets {int(counts.flatten()[0])} channels per head")
+            raise ValueError(
+                f"n_pairs={self.n_pairs} but the mask sets {int(counts.flatten()[0])} channels per head"
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -142,10 +144,18 @@ class ChannelMask:
         st.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mask": self.mask.to(torch.uint8).contiguous()}
         tensors.update({f"scores.{k}": v.float().contiguous() for k, v in self.scores.items()})
-        meta = {"format_version": FORMAT_VERSION, "pair_layout": self.pair_layout, "n_pairs": self.n_pairs,
-                "shape": list(self.shape), "id": self.id, **self.meta}
-        for target, write in ((st, lambda t: save_file(tensors, str(t))),
-                              (js, lambda t: t.write_text(json.dumps(meta, indent=2, default=str)))):
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "pair_layout": self.pair_layout,
+            "n_pairs": self.n_pairs,
+            "shape": list(self.shape),
+            "id": self.id,
+            **self.meta,
+        }
+        for target, write in (
+            (st, lambda t: save_file(tensors, str(t))),
+            (js, lambda t: t.write_text(json.dumps(meta, indent=2, default=str))),
+        ):
             tmp = target.with_name(target.name + ".tmp")
             write(tmp)
             os.replace(tmp, target)

@@ -23,8 +23,14 @@ def test_n_boost_above_head_dim(tiny_qwen3):
 
 
 def test_mask_of_wrong_shape(tiny_qwen3):
-    other = AutoConfig.for_model("qwen3", hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
-                                 head_dim=16, num_hidden_layers=3)
+    other = AutoConfig.for_model(
+        "qwen3",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        num_hidden_layers=3,
+    )
     mask = ChannelMask.random(other, n_pairs=2, seed=0)
     with pytest.raises(ValueError, match=r"\(3, 4, 16\).*\(2, 2, 32\)"):
         QuantizedKVCache(tiny_qwen3.model.config, KVQuantConfig.static(), mask=mask)
@@ -47,8 +53,14 @@ def test_non_rope_and_sliding_window_models():
     gpt2 = AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2)
     with pytest.raises(ValueError, match="model_type='gpt2' is not supported"):
         QuantizedKVCache(gpt2, KVQuantConfig.kivi())
-    mistral = AutoConfig.for_model("mistral", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                   num_hidden_layers=1, sliding_window=4096)
+    mistral = AutoConfig.for_model(
+        "mistral",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        sliding_window=4096,
+    )
     with pytest.raises(ValueError, match="sliding-window"):
         QuantizedKVCache(mistral, KVQuantConfig.kivi())
 

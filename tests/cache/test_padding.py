@@ -5,8 +5,10 @@ import torch
 
 from fcboost import ChannelMask, KVQuantConfig, QuantizedKVCache
 
-WORDS = ("the history of the city begins with a small settlement on the river where traders from the "
-         "north met farmers from the valley and over many centuries the market grew into a town ").split()
+WORDS = (
+    "the history of the city begins with a small settlement on the river where traders from the "
+    "north met farmers from the valley and over many centuries the market grew into a town "
+).split()
 
 
 def _prompts(tok):
@@ -44,4 +46,6 @@ def test_left_padded_batch_equals_one_by_one(smollm2, preset):
             one = model.generate(**single, past_key_values=QuantizedKVCache(cfg, qcfg, mask=mask), **gen)
             new_batch = out[i, batch.input_ids.shape[1] :]
             new_one = one[0, single.input_ids.shape[1] :]
-            assert torch.equal(new_batch, new_one), f"{preset} prompt {i}: {new_batch.tolist()} != {new_one.tolist()}"
+            assert torch.equal(new_batch, new_one), (
+                f"{preset} prompt {i}: {new_batch.tolist()} != {new_one.tolist()}"
+            )
