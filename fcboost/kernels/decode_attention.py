@@ -179,7 +179,9 @@ def _decode_kernel(
     nvq = tl.load(NVQ + b)
     ns = tl.minimum(nreal, S)
     BN: tl.constexpr = 4 * R
-    nft = tl.minimum(npg * P, nvq) // BN if PAGED else nreal * 0
+    nft = nreal * 0  # page tiles: full BN-token tiles whose keys and values are both quantized
+    if PAGED:
+        nft = tl.minimum(npg * P, nvq) // BN
     m_ar = tl.arange(0, BM)
     d = tl.arange(0, D)
     q_ptr = Q + b * s_qb + (h * GQ + m_ar)[:, None] * s_qh
@@ -349,7 +351,7 @@ def _decode_kernel(
                 NB,
                 VBOOST,
             )
-        o_ptr = O_ACC + (o_base + m_ar)[:, None] * D
+        o_pp = O_ACC + (o_base + m_ar)[:, None] * D
         om = m_ar[:, None] < GQ
         if VBOOST:
             xb = accb + zs1[:, None]  # (BM, NBP) boosted channels' final sums, slot order
@@ -367,12 +369,12 @@ def _decode_kernel(
                 isb = tl.sum(hit.to(tl.int32), axis=0) > 0
                 boosted = tl.sum(tl.where(hit[None, :, :], xb[:, :, None], 0.0), axis=1)  # (BM, D/4)
                 out = tl.where(isb[None, :], boosted, a + zs0[:, None])
-                tl.store(o_ptr + ch[None, :], out, mask=om)
+                tl.store(o_pp + ch[None, :], out, mask=om)
         else:
-            tl.store(o_ptr + 4 * cb[None, :], acc0 + zs0[:, None], mask=om)
-            tl.store(o_ptr + 4 * cb[None, :] + 1, acc1 + zs0[:, None], mask=om)
-            tl.store(o_ptr + 4 * cb[None, :] + 2, acc2 + zs0[:, None], mask=om)
-            tl.store(o_ptr + 4 * cb[None, :] + 3, acc3 + zs0[:, None], mask=om)
+            tl.store(o_pp + 4 * cb[None, :], acc0 + zs0[:, None], mask=om)
+            tl.store(o_pp + 4 * cb[None, :] + 1, acc1 + zs0[:, None], mask=om)
+            tl.store(o_pp + 4 * cb[None, :] + 2, acc2 + zs0[:, None], mask=om)
+            tl.store(o_pp + 4 * cb[None, :] + 3, acc3 + zs0[:, None], mask=om)
     else:
         # rest: sink [0, ns) then [A0, nreal), tiles of BT tokens, each inside one key page
         acc = tl.zeros((BM, D), tl.float32)

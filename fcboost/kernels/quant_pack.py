@@ -69,7 +69,7 @@ def _pack_key_page_kernel(
     mn = tl.min(x, axis=0)
     mx = tl.max(x, axis=0)
     if MODE == 1:  # Kitty: top-NB channels by mean |k| over the page
-        score = tl.sum(tl.abs(x), axis=0) / P  # (D,)
+        score = tl.math.div_rn(tl.sum(tl.abs(x), axis=0), tl.full((D,), P, tl.float32))  # (D,) mean |k|
         beats = (score[None, :] > score[:, None]) | (
             (score[None, :] == score[:, None]) & (c[None, :] < c[:, None])
         )
@@ -164,8 +164,8 @@ def _pack_values_kernel(
         mx0 = tl.max(tl.where(is_b[None, :], -inf, x), axis=1)
         mn1 = tl.min(tl.where(is_b[None, :], x, inf), axis=1)
         mx1 = tl.max(tl.where(is_b[None, :], x, -inf), axis=1)
-        s0 = tl.math.div_rn(mx0 - mn0, (2**BITS - 1) * 1.0).to(tl.float16)
-        s1 = tl.math.div_rn(mx1 - mn1, (2**BOOST_BITS - 1) * 1.0).to(tl.float16)
+        s0 = tl.math.div_rn(mx0 - mn0, tl.full((BT,), 2**BITS - 1, tl.float32)).to(tl.float16)
+        s1 = tl.math.div_rn(mx1 - mn1, tl.full((BT,), 2**BOOST_BITS - 1, tl.float32)).to(tl.float16)
         s0 = tl.where(s0 == 0, 1.0, s0).to(tl.float16)
         s1 = tl.where(s1 == 0, 1.0, s1).to(tl.float16)
         z0 = mn0.to(tl.float16)
@@ -180,7 +180,7 @@ def _pack_values_kernel(
     else:
         mn = tl.min(x, axis=1)
         mx = tl.max(x, axis=1)
-        s0 = tl.math.div_rn(mx - mn, (2**BITS - 1) * 1.0).to(tl.float16)
+        s0 = tl.math.div_rn(mx - mn, tl.full((BT,), 2**BITS - 1, tl.float32)).to(tl.float16)
         s0 = tl.where(s0 == 0, 1.0, s0).to(tl.float16)
         z0 = mn.to(tl.float16)
         sc = s0.to(tl.float32)[:, None]
