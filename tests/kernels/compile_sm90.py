@@ -1,0 +1,133 @@
+"""Compile every kernel variant for sm_90 (Hopper) without a GPU; run as a script (no TRITON_INTERPRET).
+
+Catches what the interpreter accepts but the compiler rejects (branch type mismatches, builtins
+that need tensors). Prints one line per kernel variant.
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fcboost.kernels import decode_attention as da
+from fcboost.kernels import quant_pack as qp
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def build(fn, ptr_types: dict, consts: dict, **opts):
+    names = fn.arg_names
+    sig = {}
+    for n in names:
+        sig[n] = "constexpr" if n in consts else ptr_types.get(n, "fp32" if n == "qk_scale" else "i32")
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=TARGET, options=opts)
+
+
+def main() -> None:
+    for dt in ("*bf16", "*fp16"):
+        ptrs = dict(
+            Q=dt,
+            SK=dt,
+            SV=dt,
+            KB=dt,
+            VW=dt,
+            KN=dt,
+            VN=dt,
+            KLO="*u8",
+            KHI="*u8",
+            KIDX="*i16",
+            KSC="*fp16",
+            KZR="*fp16",
+            VLO="*u8",
+            VHI="*u8",
+            VIDX="*i16",
+            VSC="*fp16",
+            VZR="*fp16",
+            NREAL="*i32",
+            NPAGES="*i32",
+            NVQ="*i32",
+            O_ACC="*fp32",
+            O_M="*fp32",
+            O_L="*fp32",
+        )
+        for kb, vb, R, D, new in [
+            (False, False, 16, 128, True),
+            (True, False, 16, 64, False),
+            (True, True, 32, 128, True),
+        ]:
+            consts = dict(
+                GQ=4,
+                BM=16,
+                D=D,
+                S=32,
+                P=128,
+                R=R,
+                BT=32,
+                NB=16 if kb else 0,
+                NBP=16,
+                KBOOST=kb,
+                VBOOST=vb,
+                PAGED=True,
+                HAS_NEW=new,
+            )
+            build(da._decode_kernel, ptrs, consts, num_warps=4, num_stages=2)
+            print("decode", dt, kb, vb, R, D, flush=True)
+        build(
+            da._combine_kernel, dict(O_ACC="*fp32", O_M="*fp32", O_L="*fp32", OUT=dt), dict(GQ=4, GP=4, D=128)
+        )
+        print("combine", dt, flush=True)
+    pk = dict(
+        src="*bf16",
+        rows="*i32",
+        src_tok="*i32",
+        dst_page="*i32",
+        lo="*u8",
+        hi="*u8",
+        idx="*i16",
+        scale="*fp16",
+        zero="*fp16",
+    )
+    for mode in (0, 1, 2):
+        build(
+            qp._pack_key_page_kernel,
+            pk,
+            dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if mode else 0, NB_PAD=16, MODE=mode),
+        )
+        print("pack keys", mode, flush=True)
+    pv = dict(
+        src="*bf16",
+        rows="*i32",
+        src_tok="*i32",
+        dst_tok="*i32",
+        count="*i32",
+        lo="*u8",
+        hi="*u8",
+        idx="*i16",
+        scale="*fp16",
+        zero="*fp16",
+    )
+    for boost in (False, True):
+        build(
+            qp._pack_values_kernel,
+            pv,
+            dict(
+                D=128,
+                BITS=2,
+                BOOST_BITS=4,
+                HBITS=2,
+                NB=16 if boost else 0,
+                NB_PAD=16,
+                NHB=4 if boost else 1,
+                NHB_PAD=4 if boost else 2,
+                BOOST=boost,
+                BT=16,
+            ),
+        )
+        print("pack values", boost, flush=True)
+    print("ALL COMPILED")
+
+
+if __name__ == "__main__":
+    main()
