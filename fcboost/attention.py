@@ -28,6 +28,7 @@ from fcboost.kernels.decode_attention import decode_attention
 from fcboost.kernels.state import active_layer
 
 NAME = "fcboost_fused"
+TILE_ROWS = 16  # page-tile rows of 4 tokens (BN = 64 tokens per tile)
 
 
 def fcboost_fused(
@@ -46,7 +47,12 @@ def fcboost_fused(
     if query.shape[2] == 1 and pending is not None and pending[1].shape[2] == 1 and pending[1] is key:
         st, k_new, v_new = layer.fused_state()
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        out = decode_attention(query[:, :, 0], st, scale, k_new, v_new)  # (B, Hq, D)
+        P, BN = st.cfg.page_size, 4 * TILE_ROWS
+        # page tiles of the longest row, from the host-side counts (no device sync)
+        max_tiles = max(min(layer.n_pages(b) * P, layer.n_vq(b)) // BN for b in range(layer.B))
+        out = decode_attention(
+            query[:, :, 0], st, scale, k_new, v_new, tile_rows=TILE_ROWS, max_tiles=max_tiles
+        )
         return out[:, None], None
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
