@@ -86,6 +86,31 @@ def run(cfg, page_size: int, n_top: int, random_seed: int) -> dict:
     }
 
 
+def convert(a, cfg) -> int:
+    """Write ``<out>/<name>.json`` from an analysis another command already ran on the same masks."""
+    src = json.loads(Path(a.from_json).read_text())
+    result = src[a.key] if a.key else src
+    if "page_jaccard" not in result:
+        raise ValueError(
+            f"{a.from_json}[{a.key!r}] is not an analysis_4_4 result (no 'page_jaccard'); "
+            f"top-level keys: {sorted(src)[:10]}"
+        )
+    name = a.name or "analysis"
+    out = {
+        "model": cfg.model.name,
+        "source": f"{a.from_json} [{a.key}]",
+        "spec": src.get("spec"),
+        "wall_s": src.get("seconds"),
+        "result": result,
+        "command": "python scripts/analysis_4_4.py " + " ".join(sys.argv[1:]),
+    }
+    path = Path(a.out) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"wrote {path} from {a.from_json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=analysis_small")
@@ -94,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-seed", type=int, default=42)
     p.add_argument("--out", default="experiments/analysis", help="output dir for <name>.json")
     p.add_argument("--name", default=None, help="file name (default: the experiment override, else analysis)")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="take the result from an existing analysis JSON (e.g. experiments/masks_smollm2/analysis.json)",
+    )
+    p.add_argument("--key", default=None, help="with --from-json: the entry holding the analysis_4_4 dict")
     a = p.parse_args(argv)
     cfg = compose(a.overrides)
+    if a.from_json:
+        return convert(a, cfg)
     name = a.name or next(
         (o.split("=", 1)[1] for o in a.overrides if o.split("=")[0].lstrip("+") == "experiment"), "analysis"
     )

@@ -233,6 +233,7 @@ def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
             Column("4.4", "spearman", "Spearman ρ (CA vs |k|)"),
         ],
         digits=3,
+        highlight=False,
     )
     pj, ps = PAPER["analysis_4_4"]["jaccard"], PAPER["analysis_4_4"]["spearman"]
     t.rows["Paper (Qwen3-8B, CA)"] = [stat_cell(pj), stat_cell(ps)]
@@ -253,6 +254,7 @@ def overlap_table(result: dict, name: str) -> Table:
         f"Mask overlap (Jaccard per (layer, KV head), {result.get('model', '?')})",
         [Column("4.4", "jaccard", "Jaccard")],
         digits=3,
+        highlight=False,
     )
     for pair, stats in res.get("mask_overlap", {}).items():
         t.rows[pair.replace("|", " vs ")] = [stat_cell(stats)]

@@ -107,6 +107,7 @@ class Table:
     baseline: str | None = None
     digits: int = 2
     notes: list[str] = field(default_factory=list)
+    highlight: bool = True  # bold the best mean per column (off where "best" has no meaning)
 
     def headers(self) -> list[str]:
         h = ["Method", *(c.header for c in self.columns)]
@@ -150,7 +151,7 @@ class Table:
 
     def to_markdown(self) -> str:
         lines = [f"| {' | '.join(self.headers())} |", "|" + "---|" * len(self.headers())]
-        lines += [f"| {' | '.join(c)} |" for c in self.cells(bold=True)]
+        lines += [f"| {' | '.join(c)} |" for c in self.cells(bold=self.highlight)]
         return "\n".join(
             [f"**{self.title}**", "", *lines, *([""] + [f"- {n}" for n in self.notes] if self.notes else [])]
         )
@@ -160,7 +161,7 @@ class Table:
             s = s.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("%", r"\%").replace("_", r"\_")
             return s.replace("**", "").replace("—", "---")
 
-        best = self.best()
+        best = self.best() if self.highlight else {}
         body = []
         for i, line in enumerate(self.cells()):
             r = list(self.rows)[i]
@@ -344,4 +345,4 @@ class Summary(Cell):
 
     def fmt(self, digits: int = 2, bold: bool = False) -> str:
         body = f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-        return f"**{body}**" if bold else (body + (f" (n={self.count})" if self.count else ""))
+        return (f"**{body}**" if bold else body) + (f" (n={self.count})" if self.count else "")
