@@ -41,8 +41,17 @@ def fcboost_static(module, query, key, value, attention_mask, scaling=None, drop
         i = torch.arange(Lq, device=query.device)
         mask = (torch.arange(T, device=query.device)[None, :] <= (T - Lq + i)[:, None])[None, None]
     kwargs.pop("is_causal", None)
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=0.0, scaling=scale,
-                                  is_causal=mask is None and Lq > 1, **kwargs)
+    return sdpa_attention_forward(
+        module,
+        query,
+        key,
+        value,
+        mask,
+        dropout=0.0,
+        scaling=scale,
+        is_causal=mask is None and Lq > 1,
+        **kwargs,
+    )
 
 
 def _no_mask(*args, **kwargs):
@@ -66,15 +75,28 @@ class FastDecoder:
         record_logits: keep every step's logits ``(B, N, V)`` fp32 (tests).
     """
 
-    def __init__(self, model, quant_config: KVQuantConfig | None, mask=None, *, batch: int, max_len: int,
-                 max_new_tokens: int, prefill_chunk: int = 8192, use_graph: bool = True,
-                 record_logits: bool = False):
+    def __init__(
+        self,
+        model,
+        quant_config: KVQuantConfig | None,
+        mask=None,
+        *,
+        batch: int,
+        max_len: int,
+        max_new_tokens: int,
+        prefill_chunk: int = 8192,
+        use_graph: bool = True,
+        record_logits: bool = False,
+    ):
         if prefill_chunk < 1 or max_new_tokens < 1:
-            raise ValueError(f"prefill_chunk={prefill_chunk} and max_new_tokens={max_new_tokens} must be >= 1")
+            raise ValueError(
+                f"prefill_chunk={prefill_chunk} and max_new_tokens={max_new_tokens} must be >= 1"
+            )
         p = next(model.parameters())
         self.model, self.device, self.B, self.N = model, p.device, batch, max_new_tokens
-        self.cache = StaticKVCache(model.config, quant_config, mask, max_batch=batch, max_len=max_len,
-                                   dtype=p.dtype, device=p.device)
+        self.cache = StaticKVCache(
+            model.config, quant_config, mask, max_batch=batch, max_len=max_len, dtype=p.dtype, device=p.device
+        )
         self.prev_attn = model.config._attn_implementation
         model.set_attn_implementation(NAME)
         self.chunk = prefill_chunk
@@ -94,8 +116,12 @@ class FastDecoder:
 
     # ------------------------------------------------------------------------- prefill
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                rows: list[int] | None = None) -> torch.Tensor:
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        rows: list[int] | None = None,
+    ) -> torch.Tensor:
         """Prefill ``input_ids`` ``(B, T)`` (padding where ``attention_mask`` is 0 is dropped) and
         return the first generated tokens ``(B,)``; stores them as ``tokens[:, 0]``."""
         if input_ids.ndim != 2:
@@ -113,8 +139,13 @@ class FastDecoder:
                 part = ids[t0 : t0 + self.chunk][None]  # (1, c)
                 self.cache.set_mode("prefill", b)
                 pos = torch.arange(t0, t0 + part.shape[1], device=self.device)[None]
-                out = self.model(input_ids=part, position_ids=pos, past_key_values=self.cache, use_cache=True,
-                                 logits_to_keep=1)
+                out = self.model(
+                    input_ids=part,
+                    position_ids=pos,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             first[i] = out.logits[0, -1].argmax(-1)
             self.pos[b, 0] = ids.numel()
         self.ids[rows, 0] = first
@@ -132,8 +163,13 @@ class FastDecoder:
     # -------------------------------------------------------------------------- decode
     def _step(self) -> None:
         self.cache.set_mode("decode")
-        out = self.model(input_ids=self.ids, position_ids=self.pos, past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=self.ids,
+            position_ids=self.pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1]  # (B, V)
         nxt = logits.argmax(-1)  # (B,)
         idx = self.step_i.clamp(max=self.N - 1)
@@ -184,9 +220,17 @@ class FastDecoder:
 
 
 @torch.no_grad()
-def generate_fast(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  quant_config: KVQuantConfig | None = None, mask=None, max_new_tokens: int = 256,
-                  greedy: bool = True, prefill_chunk: int = 8192, use_graph: bool = True) -> torch.Tensor:
+def generate_fast(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    quant_config: KVQuantConfig | None = None,
+    mask=None,
+    max_new_tokens: int = 256,
+    greedy: bool = True,
+    prefill_chunk: int = 8192,
+    use_graph: bool = True,
+) -> torch.Tensor:
     """Greedy generation with the graph-captured static cache; returns new tokens ``(B, max_new_tokens)``.
 
     input_ids/attention_mask: ``(B, T)`` (left or right padding, zeros dropped per row).
@@ -196,8 +240,16 @@ def generate_fast(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         raise ValueError("generate_fast decodes greedily only (greedy=True)")
     B = input_ids.shape[0]
     lens = input_ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
-    dec = FastDecoder(model, quant_config, mask, batch=B, max_len=lens + max_new_tokens,
-                      max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk, use_graph=use_graph)
+    dec = FastDecoder(
+        model,
+        quant_config,
+        mask,
+        batch=B,
+        max_len=lens + max_new_tokens,
+        max_new_tokens=max_new_tokens,
+        prefill_chunk=prefill_chunk,
+        use_graph=use_graph,
+    )
     try:
         dec.prefill(input_ids, attention_mask)
         return dec.decode().clone()

@@ -59,10 +59,13 @@ def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_l
     vboost = cfg.boost_values and n_boost > 0
     hb = storage_bits(cfg.boost_bits - cfg.key_bits)
     sh = {
-        "sink_k": ((H, S, D), None), "sink_v": ((H, S, D), None),
-        "k_buf": ((H, P + 1, D), None), "v_win": ((H, W + 1, D), None),
+        "sink_k": ((H, S, D), None),
+        "sink_v": ((H, S, D), None),
+        "k_buf": ((H, P + 1, D), None),
+        "v_win": ((H, W + 1, D), None),
         "k_lo": ((H, NP, P * cfg.key_bits // 8, D), torch.uint8),
-        "k_scale": ((H, NP, D), torch.float16), "k_zero": ((H, NP, D), torch.float16),
+        "k_scale": ((H, NP, D), torch.float16),
+        "k_zero": ((H, NP, D), torch.float16),
         "v_lo": ((H, NV, D * cfg.value_bits // 8), torch.uint8),
         "v_scale": ((H, NV, 2 if vboost else 1), torch.float16),
         "v_zero": ((H, NV, 2 if vboost else 1), torch.float16),
@@ -77,8 +80,9 @@ def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_l
     return sh
 
 
-def bytes_per_row(model_config, quant_config: KVQuantConfig | None, max_len: int, elem: int = 2,
-                  n_boost: int | None = None) -> int:
+def bytes_per_row(
+    model_config, quant_config: KVQuantConfig | None, max_len: int, elem: int = 2, n_boost: int | None = None
+) -> int:
     """Bytes one batch row of the preallocated cache takes for ``max_len`` tokens (all layers);
     ``n_boost``: a static mask's channels per head (default ``quant_config.n_boost``)."""
     s = attention_shape(model_config)
@@ -148,8 +152,18 @@ class _StaticBase(CacheLayerMixin):
 class StaticQuantLayer(_StaticBase):
     """One layer of the preallocated packed cache (module docstring)."""
 
-    def __init__(self, cfg: KVQuantConfig, layer_idx: int, B: int, max_len: int, H: int, D: int,
-                 dtype: torch.dtype, device, boost_idx: torch.Tensor | None = None):
+    def __init__(
+        self,
+        cfg: KVQuantConfig,
+        layer_idx: int,
+        B: int,
+        max_len: int,
+        H: int,
+        D: int,
+        dtype: torch.dtype,
+        device,
+        boost_idx: torch.Tensor | None = None,
+    ):
         if (cfg.key_bits, cfg.value_bits) != (2, 2) or cfg.passthrough:
             raise ValueError(f"the static quantized cache needs 2-bit keys and values; got {cfg}")
         super().__init__(layer_idx, B, max_len)
@@ -189,9 +203,25 @@ class StaticQuantLayer(_StaticBase):
 
         if self._state is None:
             self._state = PackedKVState(
-                self.cfg, self.sink_k, self.sink_v, self.k_buf, self.v_win, self.k_lo, self.k_scale,
-                self.k_zero, self.v_lo, self.v_scale, self.v_zero, self.n_real, self.n_pages, self.n_vq,
-                self.k_hi, self.k_idx, self.boost_idx if self.k_hi is not None else None, self.v_hi)
+                self.cfg,
+                self.sink_k,
+                self.sink_v,
+                self.k_buf,
+                self.v_win,
+                self.k_lo,
+                self.k_scale,
+                self.k_zero,
+                self.v_lo,
+                self.v_scale,
+                self.v_zero,
+                self.n_real,
+                self.n_pages,
+                self.n_vq,
+                self.k_hi,
+                self.k_idx,
+                self.boost_idx if self.k_hi is not None else None,
+                self.v_hi,
+            )
         return self._state
 
     def row_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,18 +233,41 @@ class StaticQuantLayer(_StaticBase):
         from fcboost.kernels.quant_pack import pack_key_pages
 
         c = self.cfg
-        pack_key_pages(src, rows, src_tok, dst_page, lo=self.k_lo, scale=self.k_scale, zero=self.k_zero,
-                       bits=c.key_bits, boost_bits=c.boost_bits, hi=self.k_hi,
-                       idx=self.k_idx if self.k_idx is not None else self.boost_idx,
-                       dynamic=self.k_idx is not None, n_boost=self.n_boost)
+        pack_key_pages(
+            src,
+            rows,
+            src_tok,
+            dst_page,
+            lo=self.k_lo,
+            scale=self.k_scale,
+            zero=self.k_zero,
+            bits=c.key_bits,
+            boost_bits=c.boost_bits,
+            hi=self.k_hi,
+            idx=self.k_idx if self.k_idx is not None else self.boost_idx,
+            dynamic=self.k_idx is not None,
+            n_boost=self.n_boost,
+        )
 
     def _pack_values(self, src, rows, src_tok, dst_tok, count, max_count: int) -> None:
         from fcboost.kernels.quant_pack import pack_values
 
         c = self.cfg
-        pack_values(src, rows, src_tok, dst_tok, count, lo=self.v_lo, scale=self.v_scale, zero=self.v_zero,
-                    bits=c.value_bits, boost_bits=c.boost_bits, hi=self.v_hi,
-                    idx=self.boost_idx if self.v_hi is not None else None, max_count=max_count)
+        pack_values(
+            src,
+            rows,
+            src_tok,
+            dst_tok,
+            count,
+            lo=self.v_lo,
+            scale=self.v_scale,
+            zero=self.v_zero,
+            bits=c.value_bits,
+            boost_bits=c.boost_bits,
+            hi=self.v_hi,
+            idx=self.boost_idx if self.v_hi is not None else None,
+            max_count=max_count,
+        )
 
     def prefill_row(self, b: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append real tokens ``k``/``v`` ``(H, m, D)`` to row ``b`` and flush (host-driven)."""
@@ -250,13 +303,16 @@ class StaticQuantLayer(_StaticBase):
         self.host_len[b] = n1
 
     # -------------------------------------------------------------------------- decode
-    def decode(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, scaling: float) -> torch.Tensor:
+    def decode(
+        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         """q ``(B, Hq, D)``, k_new/v_new ``(B, H, D)`` -> attention output ``(B, Hq, D)``; then append
         the token and flush, all on the device (graph-capturable)."""
         from fcboost.kernels.decode_attention import decode_attention
 
-        out = decode_attention(q, self.state(), scaling, k_new, v_new, n_splits=self.n_splits,
-                               max_tiles=self.max_tiles)
+        out = decode_attention(
+            q, self.state(), scaling, k_new, v_new, n_splits=self.n_splits, max_tiles=self.max_tiles
+        )
         self.append_decode(k_new, v_new)
         return out
 
@@ -293,8 +349,24 @@ class StaticQuantLayer(_StaticBase):
 
     def copy_row(self, src: int, dst: slice | list[int]) -> None:
         """Copy row ``src``'s whole state onto rows ``dst`` (benchmarks: B copies of one prompt)."""
-        for name in ("sink_k", "sink_v", "k_buf", "v_win", "k_lo", "k_hi", "k_idx", "k_scale", "k_zero",
-                     "v_lo", "v_hi", "v_scale", "v_zero", "n_real", "n_pages", "n_vq"):
+        for name in (
+            "sink_k",
+            "sink_v",
+            "k_buf",
+            "v_win",
+            "k_lo",
+            "k_hi",
+            "k_idx",
+            "k_scale",
+            "k_zero",
+            "v_lo",
+            "v_hi",
+            "v_scale",
+            "v_zero",
+            "n_real",
+            "n_pages",
+            "n_vq",
+        ):
             t = getattr(self, name)
             if t is not None:
                 t[dst] = t[src : src + 1]
@@ -325,7 +397,9 @@ class StaticBf16Layer(_StaticBase):
         self.n_real[b] = r + m
         self.host_len[b] = r + m
 
-    def decode(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, scaling: float) -> torch.Tensor:
+    def decode(
+        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         B, Hq, D = q.shape
         H = self.k.shape[1]
         pos = self.n_real.long()
@@ -334,7 +408,12 @@ class StaticBf16Layer(_StaticBase):
         self.n_real.add_(1)
         mask = (self._pos[None, :] < self.n_real[:, None].long())[:, None, None, :]  # (B, 1, 1, L)
         qg = q.reshape(B, H, Hq // H, D)  # the G query heads of a KV head as query rows
-        out = torch.nn.functional.scaled_dot_product_attention(qg, self.k, self.v, attn_mask=mask, scale=scaling)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                qg, self.k, self.v, attn_mask=mask, scale=scaling
+            )
         return out.reshape(B, Hq, D)
 
     def copy_row(self, src: int, dst) -> None:
@@ -351,8 +430,17 @@ class StaticKVCache(Cache):
         :class:`ChannelMask` of ``selector="static"``; max_batch, max_len: capacity; dtype, device.
     """
 
-    def __init__(self, model_config, quant_config: KVQuantConfig | None, mask=None, *, max_batch: int,
-                 max_len: int, dtype: torch.dtype, device):
+    def __init__(
+        self,
+        model_config,
+        quant_config: KVQuantConfig | None,
+        mask=None,
+        *,
+        max_batch: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device,
+    ):
         check_supported(model_config)
         s = attention_shape(model_config)
         if max_batch < 1 or max_len < 1:
@@ -373,8 +461,11 @@ class StaticKVCache(Cache):
                 bidx = boost_index(m, int(m.sum(-1).max())).to(torch.int16)  # (H, nb)
             elif mask is not None:
                 raise ValueError(f"a mask was given but selector={quant_config.selector!r} ignores it")
-            layers.append(StaticQuantLayer(quant_config, i, max_batch, max_len, s.n_kv_heads, s.head_dim,
-                                           dtype, device, bidx))
+            layers.append(
+                StaticQuantLayer(
+                    quant_config, i, max_batch, max_len, s.n_kv_heads, s.head_dim, dtype, device, bidx
+                )
+            )
         super().__init__(layers=layers)
         self.quant_config, self.max_batch, self.max_len = quant_config, max_batch, max_len
 
@@ -390,5 +481,9 @@ class StaticKVCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes of the preallocated storage (all rows, all layers)."""
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in vars(layer).values()
-                   if isinstance(t, torch.Tensor) and t.ndim >= 3)
+        return sum(
+            t.numel() * t.element_size()
+            for layer in self.layers
+            for t in vars(layer).values()
+            if isinstance(t, torch.Tensor) and t.ndim >= 3
+        )

@@ -17,8 +17,11 @@ SMALL = dict(n_sink=4, page_size=16, window=8)
 
 
 def _cfg(method: str) -> KVQuantConfig:
-    return {"kivi": KVQuantConfig.kivi(**SMALL), "kitty": KVQuantConfig.kitty(n_boost=8, **SMALL),
-            "static": KVQuantConfig.static(**SMALL)}[method]
+    return {
+        "kivi": KVQuantConfig.kivi(**SMALL),
+        "kitty": KVQuantConfig.kitty(n_boost=8, **SMALL),
+        "static": KVQuantConfig.static(**SMALL),
+    }[method]
 
 
 def _layers(method, B, max_len, dtype, device, g):
@@ -79,8 +82,9 @@ def test_storage_bytes_and_bad_input(device):
     sh = quant_storage_shapes(cfg, 0, 8, 128, 4096)
     assert sh["k_lo"][0] == (8, (4096 - 33) // 128 + 1, 32, 128)
     assert sh["v_lo"][0] == (8, 4096 - 32 - 128 + 1, 32)
-    from fcboost.models import RANDOM_CONFIGS
     from transformers import AutoConfig
+
+    from fcboost.models import RANDOM_CONFIGS
 
     conf = AutoConfig.for_model(**RANDOM_CONFIGS["qwen3-8b"])
     bf16 = bytes_per_row(conf, None, 32768)
@@ -92,6 +96,7 @@ def test_storage_bytes_and_bad_input(device):
     with pytest.raises(ValueError, match="needs a ChannelMask"):
         from fcboost.cache.static import StaticKVCache
 
-        StaticKVCache(conf, KVQuantConfig.static(), None, max_batch=1, max_len=64, dtype=torch.float16,
-                      device="meta")
+        StaticKVCache(
+            conf, KVQuantConfig.static(), None, max_batch=1, max_len=64, dtype=torch.float16, device="meta"
+        )
     assert ChannelMask  # imported for the static-mask cache tests below
