@@ -188,7 +188,7 @@ EXPERIMENTS = {
         G_ROWS,
         False,
         "FP16",
-        f"GSM8K sanity (small, {SMALL}, 4 problems)",
+        f"GSM8K sanity (small, {SMALL}, 2 problems)",
     ),
     "fidelity_small": (
         "smollm2-135m",
