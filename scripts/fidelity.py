@@ -52,6 +52,13 @@ def main() -> None:
     ap.add_argument("--n-chunks", type=int, default=4)
     ap.add_argument("--chunk-len", type=int, default=1024)
     ap.add_argument("--masks", nargs="*", default=[], help="extra ChannelMask files to evaluate")
+    ap.add_argument("--no-baselines", action="store_true", help="only the --masks files")
+    ap.add_argument(
+        "--boost-values",
+        choices=("on", "off", "both"),
+        default="both",
+        help="boost_values setting(s) for the --masks files",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
 
@@ -60,7 +67,9 @@ def main() -> None:
     chunks = text_chunks(lm.tokenizer, Path(args.data), args.n_chunks, args.chunk_len)
     ref = [fp16_logprobs(lm.model, c) for c in chunks]
     rows = []
-    for name, (qcfg, mask) in default_methods(lm.model.config, args.masks).items():
+    bv = {"on": (True,), "off": (False,), "both": (True, False)}[args.boost_values]
+    methods = default_methods(lm.model.config, args.masks, not args.no_baselines, bv)
+    for name, (qcfg, mask) in methods.items():
         t = time.time()
         m = fidelity(lm.model, chunks, qcfg, mask, reference=ref)
         rows.append({"method": name, **m, "seconds": time.time() - t})
