@@ -171,6 +171,43 @@ def profile_step(model, kind, L, mask, chunk):
         dec.close()
 
 
+def kernel_sweep() -> list[dict]:
+    """decode_attention alone on random packed states at 32K: ms per call vs n_splits (where the time goes)."""
+    from triton.testing import do_bench
+
+    from fcboost.kernels.decode_attention import _n_splits, _sm_count, decode_attention
+    from fcboost.kernels.state import random_state
+
+    out = []
+    for kind in ("kivi", "static"):
+        cfg = qconfig(kind)
+        for B in (1, 64):
+            st = random_state(cfg, [32768] * B, 8, 128, torch.bfloat16, "cuda", pending=True)
+            q = torch.randn(B, 32, 128, device="cuda", dtype=torch.bfloat16)
+            kn = torch.randn(B, 8, 128, device="cuda", dtype=torch.bfloat16)
+            mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
+            default = _n_splits(B, 8, mt, _sm_count(q.device))
+            nbytes = st.nbytes_read()
+            for ns in sorted({default, 1, 4, 16, 64, 128}):
+
+                def call(q=q, st=st, kn=kn, ns=ns, mt=mt):
+                    return decode_attention(q, st, 0.088, kn, kn, n_splits=ns, max_tiles=mt)
+
+                ms = do_bench(call, rep=50)
+                out.append(
+                    dict(
+                        kind=kind,
+                        B=B,
+                        L=32768,
+                        n_splits=ns,
+                        default=ns == default,
+                        ms=ms,
+                        gb_per_s=nbytes / ms / 1e6,
+                    )
+                )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -184,6 +221,9 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=1e9, help="start no new run after this many seconds")
     ap.add_argument("--caches", nargs="+", default=["static_bf16", "dynamic", "kivi", "kitty", "static"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--big-steps", type=int, default=24, help="steps for batches above 64 rows")
+    ap.add_argument("--prev", help="JSON of an earlier run: its successful runs are kept and not repeated")
+    ap.add_argument("--kernel-sweep", action="store_true", help="time decode_attention alone vs n_splits")
     args = ap.parse_args()
     t_start = time.time()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -210,6 +250,21 @@ def main() -> None:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     res.update(model_init_s=time.time() - t, weights_gib=weights / GiB)
     mask = ChannelMask.random(model.config, n_pairs=8, seed=42)
+    done = set()
+    if args.prev:
+        prev = json.load(open(args.prev))
+        for r in prev["runs"]:
+            r["source"] = prev.get("git_commit", "prev")
+            res["runs"].append(r)
+            done.add((r["L"], r["kind"], r["B"]))
+        res["prev_command"], res["prev_commit"] = prev.get("command"), prev.get("git_commit")
+        res["profiles"] = prev.get("profiles", [])
+    if args.kernel_sweep:
+        try:
+            res["kernel_sweep"] = kernel_sweep()
+        except Exception as e:
+            res["errors"].append(dict(error=f"kernel sweep: {type(e).__name__}: {e}"))
+        save()
     budget = args.budget_gib * GiB
     plan = []
     for L in args.contexts:
@@ -225,7 +280,8 @@ def main() -> None:
                 batches[k] += [b for b in args.sweep if b < mx[k]]
         for k in args.caches:
             for B in sorted(set(batches[k])):
-                plan.append((L, k, B))
+                if (L, k, B) not in done:
+                    plan.append((L, k, B))
     # targets first: the largest context at batch 1 and at the largest batch, then the rest
     Lm = max(args.contexts)
 

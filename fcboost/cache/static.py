@@ -36,6 +36,8 @@ host-driven, one row at a time (:meth:`StaticQuantLayer.prefill_row`): the row's
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -44,11 +46,13 @@ from fcboost.quant.config import KVQuantConfig
 from fcboost.quant.core import storage_bits
 
 # layer_idx -> the static layer last updated (the attention function gets the module, not the cache)
-_ACTIVE: dict[int, CacheLayerMixin] = {}
+# (weak references: a finished decoder's cache must be freeable before the next one is allocated)
+_ACTIVE: dict[int, weakref.ref] = {}
 
 
 def active_static_layer(layer_idx: int):
-    return _ACTIVE.get(layer_idx)
+    ref = _ACTIVE.get(layer_idx)
+    return None if ref is None else ref()
 
 
 def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_len: int) -> dict:
@@ -117,7 +121,7 @@ class _StaticBase(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Prefill: ``(1, H, n, D)`` of row ``self.row`` -> that row's K/V ``(1, H, t0 + n, D)`` for SDPA.
         Decode: ``(B, H, 1, D)`` returned as is; attention calls :meth:`decode` (state + new token)."""
-        _ACTIVE[self.layer_idx] = self
+        _ACTIVE[self.layer_idx] = weakref.ref(self)
         if self.mode == "decode":
             if key_states.shape[0] != self.B or key_states.shape[2] != 1:
                 raise ValueError(f"decode update must be ({self.B}, H, 1, D); got {tuple(key_states.shape)}")

@@ -136,7 +136,13 @@ def test_graph_decoder_matches_reference_gpu(method, device):
         0, model.config.vocab_size, (3, 700), generator=torch.Generator().manual_seed(0)
     ).cuda()
     ref_tok, fast_tok, rl, fl = compare(model, ids, cfg, mask, 256, use_graph=True)
-    n_diff = check(ref_tok, fast_tok, rl, fl, tol=0.1)
+    tol = 0.03 * float(rl.abs().max())  # 3% of the largest logit: a few bf16 ulps at that magnitude
+    n_diff = check(ref_tok, fast_tok, rl, fl, tol=tol)
+    d = (rl[:, 1:] - fl[:, 1:]).abs().amax(-1)
+    print(
+        f"{method}: max |logit| {float(rl.abs().max()):.2f}, logit diff max {float(d.max()):.4f} "
+        f"mean {float(d.mean()):.4f} (tol {tol:.3f})"
+    )
     print(f"{method}: {n_diff} of {ref_tok[:, 1:].numel()} greedy tokens differ (fp ties)")
     free = generate_fast(model, ids, None, cfg, mask, max_new_tokens=256)
     agree = (free == ref_tok).float().cumprod(-1).sum(-1)  # tokens equal up to the first divergence
