@@ -268,8 +268,26 @@ class QuantizedLayer(CacheLayerMixin):
         """Mirror column of real token ``j`` of row ``b``."""
         return self.n_pad[b] + j
 
+    def _triton_flush(self, x: torch.Tensor) -> bool:
+        """Fused path on a GPU: quantize on flush with the Triton pack kernels (bitwise equal)."""
+        P, D = self.cfg.page_size, self.D
+        return (self.read_path == "fused" and x.is_cuda and P & (P - 1) == 0 and D & (D - 1) == 0
+                and self.cfg.key_bits in (2, 4, 8) and self.cfg.value_bits in (2, 4, 8))
+
     def _write_pages(self, b: int, p0: int, pages: torch.Tensor) -> None:
         c, n_p = self.cfg, pages.shape[1]
+        if self._triton_flush(pages):
+            from fcboost.kernels.quant_pack import pack_key_pages
+
+            for name in ("k_lo", "k_hi", "k_idx", "k_scale", "k_zero"):
+                setattr(self, name, _grow(getattr(self, name), 2, p0 + n_p))
+            src = pages.flatten(1, 2).unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n_p*P, D), batch stride 0
+            P = c.page_size
+            pack_key_pages(src, [b] * n_p, [i * P for i in range(n_p)], list(range(p0, p0 + n_p)), lo=self.k_lo,
+                           scale=self.k_scale, zero=self.k_zero, bits=c.key_bits, boost_bits=c.boost_bits,
+                           hi=self.k_hi, idx=self.k_idx if self.k_idx is not None else self.boost_idx,
+                           dynamic=self.k_idx is not None, n_boost=self.n_boost if self.k_hi is not None else 0)
+            return
         is_boost = self.selector.key_boost(pages)
         pk = quantize_key_pages(pages, c.key_bits, c.boost_bits, is_boost, self.n_boost)
         need = p0 + n_p
@@ -289,6 +307,16 @@ class QuantizedLayer(CacheLayerMixin):
 
     def _write_values(self, b: int, j0: int, vals: torch.Tensor) -> None:
         c, n = self.cfg, vals.shape[1]
+        if self._triton_flush(vals):
+            from fcboost.kernels.quant_pack import pack_values
+
+            for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
+                setattr(self, name, _grow(getattr(self, name), 2, j0 + n))
+            src = vals.unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n, D), batch stride 0
+            pack_values(src, [b], [0], [j0], [n], lo=self.v_lo, scale=self.v_scale, zero=self.v_zero,
+                        bits=c.value_bits, boost_bits=c.boost_bits, hi=self.v_hi,
+                        idx=self.boost_idx if self._value_boost else None, max_count=n)
+            return
         is_boost = self.selector.value_boost()
         if is_boost is not None:
             is_boost = is_boost.to(vals.device)

@@ -81,3 +81,55 @@ def test_fused_generate_equals_reference_qwen3_8b_shape(method):
     ref = _generate(model, ids, am, cfg, "reference", 48, mask)
     fused = _generate(model, ids, am, cfg, "fused", 48, mask)
     _assert_same(ref, fused, rel_tol=2e-2)
+
+
+@pytest.mark.parametrize("method", ["kitty", "static"])
+def test_triton_flush_gives_the_reference_state(method, monkeypatch):
+    """The fused path's quantize-on-flush (Triton pack kernels) leaves the packed state bitwise equal
+    to the reference path's, through a prefill and decode steps that flush pages and values."""
+    from fcboost.cache.layer import QuantizedLayer
+    from fcboost.quant.mixed import boost_index
+    from fcboost.quant.selectors import DynamicMagnitude, StaticMask
+
+    g = torch.Generator().manual_seed(3)
+    kw = dict(n_sink=4, page_size=32, window=32)
+    if method == "kitty":
+        cfg, sel, bidx = KVQuantConfig.kitty(n_boost=16, **kw), DynamicMagnitude(16), None
+    else:
+        m = torch.zeros(2, 64, dtype=torch.bool)
+        for h in range(2):
+            m[h, torch.randperm(64, generator=g)[:16]] = True
+        cfg, sel, bidx = (
+            KVQuantConfig.static(n_boost=16, **kw),
+            StaticMask(m, True),
+            boost_index(m, 16).to(torch.int16),
+        )
+    ref, fused = QuantizedLayer(cfg, sel, 0, bidx), QuantizedLayer(cfg, sel, 0, bidx)
+    fused.read_path = "fused"
+    monkeypatch.setattr(fused, "_triton_flush", lambda x: True)  # the GPU branch, on the interpreter
+    k, v = (torch.randn(3, 2, 103, 64, generator=g).half() for _ in range(2))
+    for layer in (ref, fused):
+        layer.update(k[:, :, :95], v[:, :, :95])
+        for t in range(95, 103):  # page 3 flushes at 101 tokens
+            layer.update(k[:, :, t : t + 1], v[:, :, t : t + 1])
+        layer.flush()
+    assert fused.n_pages(0) == ref.n_pages(0) == 3 and fused.n_vq(0) == ref.n_vq(0) == 67
+    for name in (
+        "k_lo",
+        "k_hi",
+        "k_idx",
+        "k_scale",
+        "k_zero",
+        "v_lo",
+        "v_hi",
+        "v_scale",
+        "v_zero",
+        "k_buf",
+        "v_win",
+    ):
+        a, b = getattr(ref, name), getattr(fused, name)
+        if a is None:
+            assert b is None, name
+            continue
+        n = min(a.shape[2], b.shape[2])
+        assert torch.equal(a[:, :, :n], b[:, :, :n]), f"{method}: {name} differs"
