@@ -266,7 +266,7 @@ def check_order(table: Table, chain: Sequence[str], strict: bool = True) -> list
     """Per column: does ``chain[0]`` beat ``chain[1]`` beat ... (better = the metric's direction)?
 
     Returns one dict per column: ``holds`` (None when a row is missing), the means, the smallest gap
-    between neighbours (in the better direction) and the largest std of the cells involved.
+    between neighbours (in the better direction) and the largest std of the cells with n > 1 (else None).
     """
     out = []
     for j, col in enumerate(table.columns):
@@ -285,7 +285,7 @@ def check_order(table: Table, chain: Sequence[str], strict: bool = True) -> list
             rec.update(
                 holds=all(g > 0 if strict else g >= 0 for g in gaps),
                 min_gap=min(gaps),
-                max_std=max(c.std for c in cells),
+                max_std=max((c.std for c in cells if c.n > 1), default=None),
             )
         out.append(rec)
     return out
