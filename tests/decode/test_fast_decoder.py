@@ -27,6 +27,9 @@ def _cfg(method: str, **kw) -> KVQuantConfig:
 def reference(model, ids, cfg, mask, n_new):
     """Greedy tokens (B, n_new) and per-step logits (B, n_new, V) of the reference read path."""
     cache = QuantizedKVCache(model.config, cfg, mask=mask)
+    for layer in cache.layers:  # the reference keeps a static mask's boost_idx on the CPU (layer.py)
+        if layer.boost_idx is not None:
+            layer.boost_idx = layer.boost_idx.to(ids.device)
     out = model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
