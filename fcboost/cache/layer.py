@@ -88,6 +88,8 @@ class QuantizedLayer(CacheLayerMixin):
         B, H, _, D = key_states.shape
         c, dev, dt = self.cfg, key_states.device, key_states.dtype
         self.device, self.dtype, self.B, self.H, self.D = dev, dt, B, H, D
+        if self.boost_idx is not None:
+            self.boost_idx = self.boost_idx.to(dev)  # the static mask's channels live with the state
         u8, f16 = dict(dtype=torch.uint8, device=dev), dict(dtype=torch.float16, device=dev)
         self.sink_k = torch.zeros(B, H, c.n_sink, D, dtype=dt, device=dev)
         self.sink_v = torch.zeros_like(self.sink_k)

@@ -216,7 +216,7 @@ def random_state(
         st.k_hi = u8(B, H, NP, P // 4, nb)
         if cfg.selector == "dynamic_magnitude":
             st.k_idx = (
-                torch.rand(B, H, NP, D, generator=g)
+                torch.rand(B, H, NP, D, generator=g, device=device)
                 .argsort(-1)[..., :nb]
                 .sort(-1)
                 .values.to(torch.int16)
@@ -224,7 +224,7 @@ def random_state(
             )
         else:
             st.boost_idx = (
-                torch.rand(H, D, generator=g).argsort(-1)[:, :nb].sort(-1).values.to(torch.int16).to(device)
+                torch.rand(H, D, generator=g, device=device).argsort(-1)[:, :nb].sort(-1).values.to(torch.int16).to(device)
             )
         if vboost:
             st.v_hi = u8(B, H, NV, -(-nb * 2 // 8))
