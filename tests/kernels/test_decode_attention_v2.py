@@ -1,0 +1,108 @@
+"""Fused decode attention v2 vs the PyTorch reference (dequantize + fp32 softmax attention).
+
+Same tolerances as v1's tests (relative L2 over the batch: 1e-3 fp16, 6e-3 bf16; worst row 2x).
+On the CPU the interpreter runs the plain code-unpacking path (it has no inline asm); the GPU run
+(`-m gpu`) checks the inline-PTX path too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fcboost.kernels.decode_attention import decode_attention_reference
+from fcboost.kernels.decode_attention_v2 import decode_attention
+from fcboost.kernels.state import random_state
+from fcboost.quant.config import KVQuantConfig
+
+TOL = {torch.float16: 1e-3, torch.bfloat16: 6e-3}
+PAPER = dict(n_sink=32, page_size=128, window=128)
+
+
+def _cfg(method: str, **kw) -> KVQuantConfig:
+    return {
+        "kivi": KVQuantConfig.kivi(**kw),
+        "kitty": KVQuantConfig.kitty(n_boost=16, **kw),
+        "static": KVQuantConfig.static(n_boost=16, boost_values=True, **kw),
+        "static_keys": KVQuantConfig.static(n_boost=16, boost_values=False, **kw),
+    }[method]
+
+
+def _check(cfg, lengths, H, G, D, dtype, device, new=True, seed=0, **kw):
+    st = random_state(cfg, lengths, H, D, dtype, device, seed=seed)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    B = len(lengths)
+    q = torch.randn(B, H * G, D, generator=g, device=device).to(dtype)
+    kn = vn = None
+    if new:
+        kn, vn = (torch.randn(B, H, D, generator=g, device=device).to(dtype) for _ in range(2))
+    out = decode_attention(q, st, D**-0.5, kn, vn, **kw)
+    ref = decode_attention_reference(q, st, D**-0.5, kn, vn)
+    assert out.shape == (B, H * G, D) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    err = float((out.float() - ref).norm() / ref.norm())
+    assert err < TOL[dtype], f"{cfg.selector} {dtype} D={D} G={G} lengths={lengths}: rel L2 {err:.2e}"
+    per_row = ((out.float() - ref).norm(dim=(1, 2)) / ref.norm(dim=(1, 2))).max()
+    assert per_row < 2 * TOL[dtype], f"worst row rel L2 {per_row:.2e}"
+
+
+@pytest.mark.parametrize(
+    "method,dtype,D,G,R",
+    [
+        ("kivi", torch.float16, 64, 4, 16),
+        ("kivi", torch.bfloat16, 128, 1, 32),
+        ("kitty", torch.bfloat16, 64, 3, 16),
+        ("kitty", torch.float16, 128, 8, 32),
+        ("static", torch.float16, 64, 8, 32),
+        ("static", torch.bfloat16, 128, 4, 16),
+        ("static_keys", torch.bfloat16, 64, 1, 16),
+    ],
+)
+def test_v2_matches_reference(method, dtype, D, G, R, device):
+    """Ragged rows over every region (sink only, sink+buffer, pages+window, several page tiles)."""
+    _check(
+        _cfg(method, **PAPER),
+        [1, 33, 161, 289, 700],
+        H=2 if G == 1 else 1,
+        G=G,
+        D=D,
+        dtype=dtype,
+        device=device,
+        n_splits=2,
+        tile_rows=R,
+    )
+
+
+@pytest.mark.parametrize("method", ["kitty", "static"])
+def test_v2_state_holding_new_token(method, device):
+    """The new token already in the buffers (no k_new), default split count, P=W=64."""
+    cfg = _cfg(method, n_sink=32, page_size=64, window=64)
+    _check(cfg, [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False)
+
+
+def test_v2_split_count_does_not_change_result(device):
+    st = random_state(_cfg("static", **PAPER), [700], 1, 64, torch.float16, device, seed=3)
+    q = torch.randn(1, 2, 64, device=device).to(torch.float16)
+    outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
+    assert (outs[0] - outs[1]).abs().max() < 2e-3
+
+
+def test_v2_bad_input_raises(device):
+    st = random_state(_cfg("kivi", **PAPER), [5], 2, 64, torch.float16, device)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention(torch.randn(1, 4, 64, device=device), st, 0.125)
+    with pytest.raises(ValueError, match="does not match"):
+        decode_attention(torch.randn(1, 3, 64, device=device).half(), st, 0.125)
+    with pytest.raises(ValueError, match="tile_rows"):
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125, tile_rows=8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize("use_asm", [True, False])
+def test_v2_qwen3_8b_shape(method, use_asm):
+    """32 query heads, 8 KV heads, d=128, paper config, ragged rows up to 32K."""
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
+               seed=5, use_asm=use_asm)  # fmt: skip
