@@ -26,18 +26,21 @@ def text_chunks(tokenizer, path: Path, n_chunks: int, chunk_len: int) -> list[to
     return [ids[i * chunk_len : (i + 1) * chunk_len] for i in range(n_chunks)]
 
 
-def default_methods(config, mask_files: list[str]) -> dict[str, tuple[KVQuantConfig, ChannelMask | None]]:
+def default_methods(
+    config, mask_files: list[str], baselines: bool = True, boost_values: tuple[bool, ...] = (True, False)
+) -> dict[str, tuple[KVQuantConfig, ChannelMask | None]]:
+    """KIVI, Kitty(d/8) and three random masks (F=d/16; seeds 42/123/456), then each mask file."""
     d = attention_shape(config).head_dim
-    methods = {
-        "kivi": (KVQuantConfig.kivi(), None),
-        f"kitty(n_boost={d // 8})": (KVQuantConfig.kitty(d // 8), None),
-    }
-    for seed in (42, 123, 456):
-        mask = ChannelMask.random(config, n_pairs=d // 16, seed=seed)
-        methods[f"random(F={d // 16}, seed={seed})"] = (KVQuantConfig.static(boost_values=True), mask)
+    methods = {}
+    if baselines:
+        methods["kivi"] = (KVQuantConfig.kivi(), None)
+        methods[f"kitty(n_boost={d // 8})"] = (KVQuantConfig.kitty(d // 8), None)
+        for seed in (42, 123, 456):
+            mask = ChannelMask.random(config, n_pairs=d // 16, seed=seed)
+            methods[f"random(F={d // 16}, seed={seed})"] = (KVQuantConfig.static(boost_values=True), mask)
     for f in mask_files:
         mask = ChannelMask.load(f)
-        for bv in (True, False):
+        for bv in boost_values:
             methods[f"{Path(f).stem}(bv={int(bv)})"] = (KVQuantConfig.static(boost_values=bv), mask)
     return methods
 
