@@ -29,7 +29,10 @@ def write_tables(tables: dict[str, Table], out_dir: str | Path, render: Callable
     return paths
 
 
-MARKER = re.compile(r"(<!-- BEGIN TABLE (?P<name>[\w.-]+) -->\n).*?(\n<!-- END TABLE (?P=name) -->)", re.S)
+MARKER = re.compile(
+    r"(?P<begin><!-- BEGIN TABLE (?P<name>[\w.-]+) -->\n)(?:.*?\n)?(?P<end><!-- END TABLE (?P=name) -->)",
+    re.S,
+)
 
 
 def update_docs(docs_dir: str | Path, texts: dict[str, str]) -> list[Path]:
@@ -42,7 +45,8 @@ def update_docs(docs_dir: str | Path, texts: dict[str, str]) -> list[Path]:
     for md in sorted(Path(docs_dir).glob("*.md")):
         src = md.read_text()
         new = MARKER.sub(
-            lambda m: m.group(1) + texts[m["name"]] + m.group(3) if m["name"] in texts else m.group(0), src
+            lambda m: m["begin"] + texts[m["name"]] + "\n" + m["end"] if m["name"] in texts else m.group(0),
+            src,
         )
         if new != src:
             md.write_text(new)

@@ -179,10 +179,13 @@ def test_analysis_table_and_docs_update(tmp_path, df):
     (doc / "t1.md").write_text(
         "# T1\n<!-- BEGIN TABLE table1 -->\nold\n<!-- END TABLE table1 -->\n"
         "<!-- BEGIN TABLE nope -->\nkeep\n<!-- END TABLE nope -->\n"
+        "<!-- BEGIN TABLE analysis_small -->\n<!-- END TABLE analysis_small -->\n"
     )
     assert report.update_docs(doc, {n: report.block(t) for n, t in tables.items()}) == [doc / "t1.md"]
     text = (doc / "t1.md").read_text()
-    assert "\nold\n" not in text and "\nkeep\n" in text and "71.11 ± 1.57 (n=3)" in text
+    assert "\nold\n" not in text and "\nkeep\n" in text
+    assert "71.11 ± 1.57 (n=3)" in text
+    assert "<!-- BEGIN TABLE analysis_small -->\n**Section 4.4" in text  # an empty block is filled too
     assert report.update_docs(doc, {n: report.block(t) for n, t in tables.items()}) == []  # idempotent
     paths = report.write_tables(tables, tmp_path / "out", report.block)
     assert {p.name for p in paths} >= {"table1.md", "table1.tex", "table1.csv", "analysis_small.csv"}
