@@ -230,7 +230,7 @@ def analysis_table(result: dict, name: str = "analysis_4_4") -> Table:
         f"Section 4.4: static masks vs per-page magnitude top-{res.get('n_top', 16)} ({result.get('model', '?')})",
         [
             Column("4.4", "jaccard", "page Jaccard vs Kitty top-K"),
-            Column("4.4", "spearman", "Spearman ρ (CA vs |k|)"),
+            Column("4.4", "spearman", "Spearman ρ (CA vs mean abs k)"),
         ],
         digits=3,
         highlight=False,

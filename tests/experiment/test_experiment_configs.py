@@ -71,7 +71,7 @@ def test_small_experiments_share_settings(monkeypatch):
     b = _compose(["experiment=variants_small"])
     assert a.model.name == b.model.name == "smollm2-135m"
     assert a.method.mask.profile == b.method.mask.profile  # same CA mask (same cache key)
-    assert a.task.limit == 4 and a.task.data_file == "/data/gsm8k/train.jsonl"
+    assert a.task.limit == 2 and a.task.data_file == "/data/gsm8k/train.jsonl"
     layouts = {
         (c.method.mask.profile.pair_layout, c.method.quant.boost_values)
         for c in map(_compose, _jobs("variants_small"))
