@@ -4,7 +4,7 @@ TORCH ?= torch==2.13.0
 export FCBOOST_DATA ?= $(abspath ../shared/data)
 
 
-.PHONY: help install test test-all test-gpu lint format run bench tables
+.PHONY: help install test test-all test-gpu lint format run bench tables masks-small table1-small table2-small gsm8k-small analysis-small
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -37,5 +37,31 @@ bench: ## attention and decode benchmarks (GPU)
 	$(PYTHON) scripts/bench_attention.py --out benchmarks/results/attention.json
 	$(PYTHON) scripts/bench_decode.py --out benchmarks/results/decode.json
 
-tables: ## Tables 1/2 and 4.4 from the results store
-	$(PYTHON) scripts/make_tables.py
+SMALL_STORE := experiments/results/smollm2-135m
+SMALL_RUN := $(PYTHON) run.py
+TABLES := $(PYTHON) scripts/make_tables.py --wandb offline --update-docs
+
+masks-small: ## reuse the committed SmolLM2 CA/magnitude/energy masks (else profiled on first use)
+	mkdir -p runs/masks && cp -n experiments/masks_smollm2/*-F4-*.json experiments/masks_smollm2/*-F4-*.safetensors runs/masks/
+
+table1-small: masks-small ## SmolLM2 Table 1 (GSM8K + fidelity, both layouts, V-boost on/off) and its tables
+	$(SMALL_RUN) experiment=table1_small -m
+	$(SMALL_RUN) experiment=fidelity_small -m
+	$(SMALL_RUN) experiment=variants_small -m
+	$(TABLES) --results-dir $(SMALL_STORE) --tables table1_small,fidelity_small
+
+table2-small: masks-small ## SmolLM2 Table 2 (CA vs random masks vs no boost); run table1-small first
+	$(SMALL_RUN) experiment=table2_small -m
+	$(SMALL_RUN) experiment=table2_small_gsm8k -m
+	$(TABLES) --results-dir $(SMALL_STORE) --tables table2_small
+
+gsm8k-small: masks-small ## SmolLM2 GSM8K sanity check
+	$(SMALL_RUN) experiment=gsm8k_small -m
+	$(TABLES) --results-dir $(SMALL_STORE) --tables gsm8k_small
+
+analysis-small: masks-small ## SmolLM2 Section 4.4 analysis
+	$(PYTHON) scripts/analysis_4_4.py experiment=analysis_small
+	$(TABLES) --tables analysis_small
+
+tables: ## Tables 1/2 and 4.4 from the results store(s), docs blocks rewritten
+	$(TABLES)
