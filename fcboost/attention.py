@@ -24,7 +24,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from fcboost.kernels.decode_attention import decode_attention
+from fcboost.kernels.decode_attention_v2 import decode_attention
 from fcboost.kernels.state import active_layer
 
 NAME = "fcboost_fused"

@@ -312,7 +312,7 @@ class StaticQuantLayer(_StaticBase):
     ) -> torch.Tensor:
         """q ``(B, Hq, D)``, k_new/v_new ``(B, H, D)`` -> attention output ``(B, Hq, D)``; then append
         the token and flush, all on the device (graph-capturable)."""
-        from fcboost.kernels.decode_attention import decode_attention
+        from fcboost.kernels.decode_attention_v2 import decode_attention
 
         out = decode_attention(
             q, self.state(), scaling, k_new, v_new, n_splits=self.n_splits, max_tiles=self.max_tiles
