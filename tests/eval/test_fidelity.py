@@ -27,17 +27,27 @@ def test_simulation_equals_token_by_token_tiny(tiny_qwen3, preset):
     torch.testing.assert_close(sim, dec, atol=1e-5, rtol=1e-5)
 
 
-def test_simulation_equals_token_by_token_smollm2(smollm2, wikitext_valid):
+def test_simulation_matches_token_by_token_smollm2(smollm2, wikitext_valid):
+    """On a 30-layer model the two modes differ by fp rounding (batched vs one-token matmuls), and a
+    rounding difference that crosses a quantization boundary flips a 2-bit code. So: logits equal to
+    fp tolerance before the first flush is visible (t < 161), and afterwards the same metrics."""
     model, tok = smollm2.model, smollm2.tokenizer
-    ids = tok(wikitext_valid.read_text()[:4000], return_tensors="pt").input_ids[:, :300]
-    qcfg = KVQuantConfig.kitty(n_boost=8)
-    dec = quantized_logits(model, ids, qcfg, None, mode="decode")
-    sim = quantized_logits(model, ids, qcfg, None, mode="simulate")
-    torch.testing.assert_close(sim, dec, atol=2e-4, rtol=1e-4)
-    # and quantization visibly changes the logits after the first page flush (t >= 161)
-    ref = model(ids, use_cache=False).logits
-    assert (sim[0, 170:] - ref[0, 170:]).abs().max() > 1e-2
-    torch.testing.assert_close(sim[0, :161], ref[0, :161], atol=2e-4, rtol=1e-4)
+    ids = tok(wikitext_valid.read_text()[:6000], return_tensors="pt").input_ids[:, :420]
+    ref = torch.log_softmax(model(ids, use_cache=False).logits[0].float(), -1)
+    for qcfg in (KVQuantConfig.kivi(), KVQuantConfig.kitty(n_boost=8)):
+        dec = torch.log_softmax(quantized_logits(model, ids, qcfg, None, mode="decode")[0].float(), -1)
+        sim = torch.log_softmax(quantized_logits(model, ids, qcfg, None, mode="simulate")[0].float(), -1)
+        torch.testing.assert_close(sim[:161], dec[:161], atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(sim[:161], ref[:161], atol=2e-4, rtol=1e-4)
+        late = slice(256, None)
+        kl = {
+            name: float((ref[late].exp() * (ref[late] - x[late])).sum(-1).mean())
+            for name, x in (("sim", sim), ("dec", dec))
+        }
+        assert kl["sim"] > 1e-3  # quantization is visible
+        assert abs(kl["sim"] - kl["dec"]) < 0.15 * kl["dec"], (qcfg.selector, kl)
+        same_top1 = (sim[late].argmax(-1) == dec[late].argmax(-1)).float().mean()
+        assert same_top1 > 0.95, (qcfg.selector, float(same_top1))
 
 
 def test_metrics(tiny_qwen3):
