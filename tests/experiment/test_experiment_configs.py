@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from fcboost.experiment.schema import register
@@ -14,6 +15,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def _compose(overrides):
     register()
+    GlobalHydra.instance().clear()  # other test modules keep Hydra initialized between tests
     with initialize_config_dir(str(CONF), version_base=None):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
