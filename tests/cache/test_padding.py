@@ -20,17 +20,7 @@ def _prompts(tok):
     return prompts
 
 
-# kivi and static_bv (both boost planes, values too) run in CI; kitty and fp16 in the slow suite
-# (~1-2 min each on 2 cores); fp16 is also pinned to DynamicCache by test_cache_semantics.
-@pytest.mark.parametrize(
-    "preset",
-    [
-        "kivi",
-        "static_bv",
-        pytest.param("kitty", marks=pytest.mark.slow),
-        pytest.param("fp16", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.parametrize("preset", ["kivi", "kitty", "static_bv", "fp16"])
 def test_left_padded_batch_equals_one_by_one(smollm2, preset):
     model, tok = smollm2.model, smollm2.tokenizer
     cfg = model.config
