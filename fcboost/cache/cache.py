@@ -70,11 +70,24 @@ class QuantizedKVCache(Cache):
             layer.read_path = read_path
         super().__init__(layers=layers)
         self.read_path = read_path
+        self._model_config = model_config
         self.quant_config = qc
         self.mask = mask
         self.shape = shape
         if attention_mask is not None:
             self.set_padding(attention_mask)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """``Cache.update``; the fused read path refuses a model that would attend with another function
+        (it returns only the new tokens, so SDPA would silently ignore the cached ones)."""
+        if self.read_path == "fused" and layer_idx == 0:
+            impl = getattr(self._model_config, "_attn_implementation", None)
+            if impl != "fcboost_fused":
+                raise RuntimeError(
+                    f"read_path='fused' needs the fused attention, but the model attends with {impl!r}: "
+                    "`import fcboost.attention` and call model.set_attn_implementation('fcboost_fused')"
+                )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def set_padding(self, attention_mask: torch.Tensor) -> None:
         """Declare the left padding of the batch ``(B, T)`` before the first update."""

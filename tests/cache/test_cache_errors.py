@@ -91,3 +91,11 @@ def test_random_mask_pairs(tiny_qwen3, layout):
         assert torch.equal(m[..., 0::2], m[..., 1::2])
     assert not torch.equal(m, ChannelMask.random(cfg, n_pairs=3, seed=43, pair_layout=layout).mask)
     assert torch.equal(m, ChannelMask.random(cfg, n_pairs=3, seed=42, pair_layout=layout).mask)
+
+
+def test_fused_read_path_refuses_other_attention(tiny_qwen3):
+    model = tiny_qwen3.model
+    assert model.config._attn_implementation == "sdpa"
+    cache = QuantizedKVCache(model.config, KVQuantConfig.kivi(), read_path="fused")
+    with pytest.raises(RuntimeError, match="fcboost_fused"):
+        model(torch.randint(0, 256, (1, 8)), past_key_values=cache)
