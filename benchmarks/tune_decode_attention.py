@@ -1,0 +1,148 @@
+"""Sweep the v3 fused decode-attention kernel's configurations on a GPU; write JSON.
+
+For each shape and method: correctness of every variant against the PyTorch reference, then the
+median time of one call captured in a CUDA graph (what the decode loop replays; launch overhead
+excluded, L2 flushed between replays by do_bench). v2's best earlier configuration and bf16 SDPA
+are timed the same way in the same run. Imports only torch, triton and fcboost.
+
+    python benchmarks/tune_decode_attention.py --out tune.json [--shapes 8x32768,1x32768]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from fcboost.kernels import decode_attention_v2 as v2
+from fcboost.kernels import decode_attention_v3 as v3
+from fcboost.kernels.decode_attention import _sm_count, decode_attention_reference
+from fcboost.kernels.state import random_state
+from fcboost.quant.config import KVQuantConfig
+
+HQ, HKV, D = 32, 8, 128
+METHODS = {
+    "kivi": KVQuantConfig.kivi(),
+    "kitty16": KVQuantConfig.kitty(n_boost=16),
+    "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
+}
+# (tile_rows, num_warps, prefetch, num_stages, waves)
+VARIANTS = [
+    (32, 4, True, 1, 8),
+    (32, 4, True, 1, 4),
+    (32, 4, True, 1, 16),
+    (32, 4, True, 1, 2),
+    (32, 4, False, 1, 8),
+    (32, 4, False, 2, 8),
+    (16, 4, True, 1, 8),
+    (64, 4, True, 1, 8),
+    (64, 8, True, 1, 8),
+    (32, 8, True, 1, 8),
+]
+
+
+def graph_us(fn, rep_ms: int = 100) -> float:
+    """Median us of one ``fn()`` replayed from a CUDA graph (warm-up and compile excluded)."""
+    fn()
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return 1e3 * triton.testing.do_bench(g.replay, warmup=25, rep=rep_ms, return_mode="median")
+
+
+def rel(a, ref) -> float:
+    return float((a.float() - ref).norm() / ref.norm())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="8x32768,1x32768,64x4096")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args()
+    dev, dtype, scaling = torch.device("cuda"), torch.bfloat16, D**-0.5
+    res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
+           "command": " ".join(sys.argv), "correctness": [], "shapes": []}  # fmt: skip
+    t0 = time.time()
+    # correctness at the real shape, ragged rows, both dtypes, asm on and off
+    for name, cfg in METHODS.items():
+        for dt in (torch.bfloat16, torch.float16):
+            lengths = [32768, 4097, 289, 1]
+            st = random_state(cfg, lengths, HKV, D, dt, dev, seed=7)
+            q = torch.randn(len(lengths), HQ, D, device=dev, dtype=dt)
+            kn, vn = (torch.randn(len(lengths), HKV, D, device=dev, dtype=dt) for _ in range(2))
+            ref = decode_attention_reference(q, st, scaling, kn, vn)
+            errs = {}
+            for tr, nw, pf, nst, waves in VARIANTS[:1] + VARIANTS[4:]:
+                for asm in (True, False):
+                    o = v3.decode_attention(q, st, scaling, kn, vn, tile_rows=tr, num_warps=nw, prefetch=pf,
+                                            num_stages=nst, waves=waves, use_asm=asm)  # fmt: skip
+                    errs[f"R{tr}_w{nw}_pf{int(pf)}_s{nst}_asm{int(asm)}"] = rel(o, ref)
+            worst = max(errs.values())
+            res["correctness"].append(
+                {"method": name, "dtype": str(dt), "worst_rel_l2": worst, "rel_l2": errs}
+            )
+            print(f"correct {name} {dt}: worst rel L2 {worst:.2e}", flush=True)
+    for shape in args.shapes.split(","):
+        B, T = map(int, shape.split("x"))
+        q = torch.randn(B, HQ, D, device=dev, dtype=dtype)
+        kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dtype) for _ in range(2))
+        kf = torch.randn(B, HKV, T, D, device=dev, dtype=dtype)
+        vf = torch.randn_like(kf)
+        sdpa = graph_us(
+            partial(F.scaled_dot_product_attention, q[:, :, None], kf, vf, scale=scaling, enable_gqa=True)
+        )
+        del kf, vf
+        row = {"batch": B, "context": T, "sdpa_us": sdpa, "methods": {}}
+        print(f"{B}x{T}: sdpa {sdpa:.1f} us", flush=True)
+        for name in args.methods.split(","):
+            cfg = METHODS[name]
+            st = random_state(cfg, [T - 1] * B, HKV, D, dtype, dev, seed=1)
+            ref = decode_attention_reference(q, st, scaling, kn, vn)
+            mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
+            m = {"bytes": st.nbytes_read(), "variants": {}}
+            ns2 = v2.n_splits_v2(B, HKV, mt * 64 // 128, _sm_count(dev), 4)
+            f2 = partial(
+                v2.decode_attention, q, st, scaling, kn, vn, n_splits=ns2, tile_rows=32, max_tiles=mt
+            )
+            m["v2_us"] = graph_us(f2)
+            m["v2_rel_l2"] = rel(f2(), ref)
+            for tr, nw, pf, nst, waves in VARIANTS:
+                key = f"R{tr}_w{nw}_pf{int(pf)}_s{nst}_wv{waves}"
+                try:
+                    f3 = partial(v3.decode_attention, q, st, scaling, kn, vn, tile_rows=tr, max_tiles=mt, num_warps=nw,
+                                 prefetch=pf, num_stages=nst, waves=waves)  # fmt: skip
+                    m["variants"][key] = {"us": graph_us(f3), "rel_l2": rel(f3(), ref)}
+                except Exception as e:
+                    m["variants"][key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            ok = {k: v for k, v in m["variants"].items() if v.get("rel_l2", 1) < 1e-2}
+            best = min(ok, key=lambda k: ok[k]["us"])
+            m.update(best=best, us=ok[best]["us"], speedup_vs_sdpa=sdpa / ok[best]["us"],
+                     GBps=m["bytes"] / ok[best]["us"] / 1e3, speedup_vs_v2=m["v2_us"] / ok[best]["us"])  # fmt: skip
+            row["methods"][name] = m
+            print(f"  {name}: v3 {m['us']:.1f} us ({best}) {m['GBps']:.0f} GB/s {m['speedup_vs_sdpa']:.2f}x sdpa, "
+                  f"v2 {m['v2_us']:.1f} us | " + " ".join(f"{k}={v.get('us', -1):.0f}" for k, v in m["variants"].items()),
+                  flush=True)  # fmt: skip
+            del st
+            torch.cuda.empty_cache()
+        res["shapes"].append(row)
+        res["wall_s"] = time.time() - t0
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(f"wrote {args.out} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

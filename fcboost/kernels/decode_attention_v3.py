@@ -1,0 +1,601 @@
+"""Fused decode attention over the packed cache, v3: two lean kernels instead of one fat one.
+
+Same contract as :func:`fcboost.kernels.decode_attention.decode_attention`: one query token per
+row over ``[16-bit sink | 2-bit pages | 16-bit buffers]`` plus the new token. What v2 measured on
+the H200 (255 registers with spills, so two programs per SM and no latency hiding) came from one
+kernel carrying both the page-tile loop and the token-by-token path; v3 splits them:
+
+- ``_page_kernel``, grid ``(B*H, NSPLIT)``: contiguous runs of *page tiles* (``BN = 4R`` tokens
+  whose keys and values are both quantized, inside one key page), the next tile's bytes and
+  scales loaded while the current one is computed (register double buffer). Key sub-tile ``j``
+  (tokens ``4r+j``) is one ``(BM, D) x (D, R)`` dot of ``q*scale`` against the codes plus
+  ``q.zero``; probabilities are interleaved back to token order and P.V is four dots into the
+  accumulators of channels ``{4c+k}``. Boosted value channels (static mask, their own scale group)
+  reuse the same unpacked lo codes with ``p*s1`` (four more dots, no byte gathers) and add
+  ``4 (p*s1) . hi`` from the dense hi plane, whose codes are unpacked to slot order in registers.
+- ``_rest_kernel``, grid ``(B*H, NREST)``: one ``BT``-token tile per program of what is left
+  (sink, the partly quantized tail, key buffer, value window, new token), each token taken from
+  whichever source holds it; with no page tiles (small head_dim or page size) a program strides
+  over the row's tiles.
+- the combine kernel of v1 merges the ``NSPLIT + NREST`` partials with log-sum-exp.
+
+On the GPU a 2-bit code plane becomes fp16 with inline PTX (``and`` + ``prmt`` into ``0x64xx``,
+one ``fma.f16x2``); the interpreter uses the plain expression; both give the exact code.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fcboost.kernels.decode_attention import _combine_kernel, _sm_count
+from fcboost.kernels.decode_attention import decode_attention_reference as decode_attention_reference
+from fcboost.kernels.state import PackedKVState
+
+LOG2E = 1.4426950408889634
+
+
+def _asm(j: int) -> str:
+    """PTX: 4 packed uint8 ($2) -> 4 fp16 ((byte >> 2j) & 3) in $0 (elements 0, 1), $1 (2, 3)."""
+    mask = 0x03030303 << (2 * j)
+    sc = {0: 0x3C00, 1: 0x3400, 2: 0x2C00, 3: 0x2400}[j]  # 4^-j
+    zr = {0: 0xE400, 1: 0xDC00, 2: 0xD400, 3: 0xCC00}[j]  # -1024 * 4^-j
+    return (
+        "{ .reg .b32 t, s, z, m;\n"
+        f"mov.b32 m, 0x64646464;\nmov.b32 s, {hex(sc << 16 | sc)};\nmov.b32 z, {hex(zr << 16 | zr)};\n"
+        f"and.b32 t, $2, {hex(mask)};\n"
+        "prmt.b32 $0, t, m, 0x4140;\nprmt.b32 $1, t, m, 0x4342;\n"
+        "fma.rn.f16x2 $0, $0, s, z;\nfma.rn.f16x2 $1, $1, s, z; }"
+    )
+
+
+ASM0: tl.constexpr = tl.constexpr(_asm(0))
+ASM1: tl.constexpr = tl.constexpr(_asm(1))
+ASM2: tl.constexpr = tl.constexpr(_asm(2))
+ASM3: tl.constexpr = tl.constexpr(_asm(3))
+
+
+@triton.jit
+def _codes(x, J: tl.constexpr, ASM: tl.constexpr):
+    """uint8 tensor -> fp16 2-bit field J: ``(x >> 2J) & 3`` (exact)."""
+    if ASM:
+        if J == 0:
+            c = tl.inline_asm_elementwise(ASM0, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        elif J == 1:
+            c = tl.inline_asm_elementwise(ASM1, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        elif J == 2:
+            c = tl.inline_asm_elementwise(ASM2, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        else:
+            c = tl.inline_asm_elementwise(ASM3, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        c = ((x >> (2 * J)) & 3).to(tl.float16)
+    return c
+
+
+@triton.jit
+def _interleave4(x0, x1, x2, x3, M: tl.constexpr, N: tl.constexpr):
+    """Four (M, N) tensors -> (M, 4N) with column 4n+j = x_j[:, n]."""
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (M, 4 * N))
+
+
+@triton.jit
+def _kscore(qs, kb, qh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr, ASM: tl.constexpr):
+    """Scores (BM, R) of the sub-tile of tokens 4r+J (log2 units)."""
+    s = tl.dot(qs, tl.trans(_codes(kb, J, ASM))) + bias[:, None]
+    if KBOOST:
+        s += tl.dot(qh, tl.trans(_codes(hb, J, ASM)))
+    return s
+
+
+@triton.jit
+def _load_tile(
+    tok0, k_base, s_klp, s_klr, ksc_base, kzr_base, s_ksp, v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm,
+    P: tl.constexpr, R: tl.constexpr, D: tl.constexpr, NBQ: tl.constexpr, VBOOST: tl.constexpr,
+):  # fmt: skip
+    """The page tile at ``tok0`` (tokens after the sink): key bytes (R, D), the page's key scales
+    and zeros (D,), value bytes (BN, D/4), value scales/zeros (BN,) of group 0 and, with VBOOST,
+    of group 1 and the value hi bytes (BN, NBQ)."""
+    rr = tl.arange(0, R)
+    tn = tok0 + tl.arange(0, 4 * R)
+    d = tl.arange(0, D)
+    pg = tok0 // P
+    kb = tl.load(k_base + pg * s_klp + ((tok0 % P) // 4 + rr)[:, None] * s_klr + d[None, :])
+    vb = tl.load(v_lo + tn[:, None] * s_vlt + tl.arange(0, D // 4)[None, :])
+    sc = tl.load(ksc_base + pg * s_ksp + d)
+    zr = tl.load(kzr_base + pg * s_ksp + d)
+    s0 = tl.load(v_sc + tn * s_vst)
+    z0 = tl.load(v_zr + tn * s_vst)
+    if VBOOST:
+        bhv = tl.load(v_hi + tn[:, None] * s_vht + tl.arange(0, NBQ)[None, :], mask=vhm, other=0)
+        s1 = tl.load(v_sc + tn * s_vst + 1)
+        z1 = tl.load(v_zr + tn * s_vst + 1)
+    else:
+        bhv = vb
+        s1 = s0
+        z1 = z0
+    return kb, vb, sc, zr, s0, z0, bhv, s1, z1
+
+
+@triton.jit
+def _page_kernel(
+    Q, s_qb, s_qh,  # (B, Hq, D)
+    KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
+    KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, nb) uint8
+    KIDX, s_kib, s_kih, s_kip,  # (B, H, NP, nb) int16 (Kitty) or (H, nb) with zero b/p strides
+    KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
+    VLO, s_vlb, s_vlh, s_vlt,  # (B, H, NV, D/4) uint8
+    VHI, s_vhb, s_vhh, s_vht,  # (B, H, NV, ceil(nb/4)) uint8
+    VIDX,  # (H, nb) int16
+    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16
+    NPAGES, NVQ,  # (B,) int32
+    O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
+    qk_scale, H, NSPLIT, NSLOT,
+    GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
+    NB: tl.constexpr, NBP: tl.constexpr, NBQ: tl.constexpr,
+    KBOOST: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
+):  # fmt: skip
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    BN: tl.constexpr = 4 * R
+    D4: tl.constexpr = D // 4
+    nft = tl.minimum(tl.load(NPAGES + b) * P, tl.load(NVQ + b)) // BN
+    per = tl.cdiv(nft, NSPLIT)
+    i0 = split * per
+    i1 = tl.minimum(i0 + per, nft)
+    m_ar = tl.arange(0, BM)
+    d = tl.arange(0, D)
+    rr = tl.arange(0, R)
+    cb = tl.arange(0, D4)
+    sb = tl.arange(0, NBP)
+    q_ptr = Q + b * s_qb + (h * GQ + m_ar)[:, None] * s_qh
+    qf = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float32) * qk_scale  # (BM, D)
+    m_i = tl.full((BM,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    acc0 = tl.zeros((BM, D4), tl.float32)
+    acc1 = tl.zeros((BM, D4), tl.float32)
+    acc2 = tl.zeros((BM, D4), tl.float32)
+    acc3 = tl.zeros((BM, D4), tl.float32)
+    zs0 = tl.zeros((BM,), tl.float32)
+    k_base = KLO + b * s_klb + h * s_klh
+    ks_base = b * s_ksb + h * s_ksh
+    v_lo = VLO + b * s_vlb + h * s_vlh
+    v_sc = VSC + b * s_vsb + h * s_vsh
+    v_zr = VZR + b * s_vsb + h * s_vsh
+    if VBOOST:
+        a1_0 = tl.zeros((BM, D4), tl.float32)
+        a1_1 = tl.zeros((BM, D4), tl.float32)
+        a1_2 = tl.zeros((BM, D4), tl.float32)
+        a1_3 = tl.zeros((BM, D4), tl.float32)
+        accb = tl.zeros((BM, 4 * NBQ), tl.float32)
+        zs1 = tl.zeros((BM,), tl.float32)
+    sq = tl.arange(0, NBQ)
+    v_hi = VHI + b * s_vhb + h * s_vhh
+    vhm = (sq < (NB + 3) // 4)[None, :]
+    # tile i0's bytes and scales (clamped: an empty run reloads a valid tile and never uses it)
+    kb, vb, sc, zr, s0, z0, bhv, s1, z1 = _load_tile(
+        tl.maximum(tl.minimum(i0, nft - 1), 0) * BN, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
+        v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
+    )  # fmt: skip
+    for i in range(i0, i1):
+        tok0 = i * BN  # relative to the sink's end
+        pg = tok0 // P
+        if PREFETCH:  # use the tile loaded last iteration, load tile i+1 (clamped to the run)
+            kb_c, vb_c, sc_c, zr_c, s0_c, z0_c, bh_c, s1_c, z1_c = kb, vb, sc, zr, s0, z0, bhv, s1, z1
+            kb, vb, sc, zr, s0, z0, bhv, s1, z1 = _load_tile(
+                tl.minimum(i + 1, i1 - 1) * BN, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
+                v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
+            )  # fmt: skip
+        else:
+            kb_c, vb_c, sc_c, zr_c, s0_c, z0_c, bh_c, s1_c, z1_c = _load_tile(
+                tok0, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
+                v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
+            )  # fmt: skip
+        qs = (qf * sc_c.to(tl.float32)[None, :]).to(tl.float16)
+        bias = tl.sum(qf * zr_c.to(tl.float32)[None, :], axis=1)
+        if KBOOST:
+            r0 = (tok0 % P) // 4
+            kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=sb < NB, other=0).to(tl.int32)
+            ksc_h = tl.load(KSC + ks_base + pg * s_ksp + kid).to(tl.float32)
+            qg = tl.load(q_ptr + kid[None, :], mask=(m_ar[:, None] < GQ) & (sb[None, :] < NB), other=0.0)
+            qh = (qg.to(tl.float32) * (4.0 * qk_scale) * ksc_h[None, :]).to(tl.float16)  # (BM, NBP)
+            hb = tl.load(
+                KHI + b * s_khb + h * s_khh + pg * s_khp + (r0 + rr)[:, None] * s_khr + sb[None, :],
+                mask=sb[None, :] < NB,
+                other=0,
+            )  # (R, NBP) uint8
+        else:
+            qh = qs
+            hb = kb_c
+        s_0 = _kscore(qs, kb_c, qh, hb, bias, 0, KBOOST, ASM)
+        s_1 = _kscore(qs, kb_c, qh, hb, bias, 1, KBOOST, ASM)
+        s_2 = _kscore(qs, kb_c, qh, hb, bias, 2, KBOOST, ASM)
+        s_3 = _kscore(qs, kb_c, qh, hb, bias, 3, KBOOST, ASM)
+        mx = tl.maximum(
+            tl.maximum(tl.max(s_0, 1), tl.max(s_1, 1)), tl.maximum(tl.max(s_2, 1), tl.max(s_3, 1))
+        )
+        m_new = tl.maximum(m_i, mx)
+        alpha = tl.math.exp2(m_i - m_new)
+        p = _interleave4(
+            tl.math.exp2(s_0 - m_new[:, None]),
+            tl.math.exp2(s_1 - m_new[:, None]),
+            tl.math.exp2(s_2 - m_new[:, None]),
+            tl.math.exp2(s_3 - m_new[:, None]),
+            BM,
+            R,
+        )  # (BM, BN), token order
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        ps = (p * s0_c.to(tl.float32)[None, :]).to(tl.float16)
+        c0 = _codes(vb_c, 0, ASM)
+        c1 = _codes(vb_c, 1, ASM)
+        c2 = _codes(vb_c, 2, ASM)
+        c3 = _codes(vb_c, 3, ASM)
+        acc0 = acc0 * alpha[:, None] + tl.dot(ps, c0)
+        acc1 = acc1 * alpha[:, None] + tl.dot(ps, c1)
+        acc2 = acc2 * alpha[:, None] + tl.dot(ps, c2)
+        acc3 = acc3 * alpha[:, None] + tl.dot(ps, c3)
+        zs0 = zs0 * alpha + tl.sum(p * z0_c.to(tl.float32)[None, :], axis=1)
+        if VBOOST:
+            p1 = p * s1_c.to(tl.float32)[None, :]
+            ps1 = p1.to(tl.float16)
+            a1_0 = a1_0 * alpha[:, None] + tl.dot(ps1, c0)
+            a1_1 = a1_1 * alpha[:, None] + tl.dot(ps1, c1)
+            a1_2 = a1_2 * alpha[:, None] + tl.dot(ps1, c2)
+            a1_3 = a1_3 * alpha[:, None] + tl.dot(ps1, c3)
+            hc = _interleave4(
+                _codes(bh_c, 0, False),
+                _codes(bh_c, 1, False),
+                _codes(bh_c, 2, False),
+                _codes(bh_c, 3, False),
+                BN,
+                NBQ,
+            )  # (BN, 4 NBQ) hi codes in slot order
+            accb = accb * alpha[:, None] + tl.dot(ps1, hc)
+            zs1 = zs1 * alpha + tl.sum(p * z1_c.to(tl.float32)[None, :], axis=1)
+    o_base = (bh * NSLOT + split) * GQ
+    o_pp = O_ACC + (o_base + m_ar)[:, None] * D
+    om = m_ar[:, None] < GQ
+    if VBOOST:
+        sv = tl.arange(0, 4 * NBQ)
+        vid = tl.load(VIDX + h * NB + sv, mask=sv < NB, other=-1).to(tl.int32)
+        xb = 4.0 * accb + zs1[:, None]  # (BM, 4 NBQ) boosted channels' hi part + zeros, slot order
+        for k in tl.static_range(4):
+            if k == 0:
+                a = acc0
+                a1 = a1_0
+            elif k == 1:
+                a = acc1
+                a1 = a1_1
+            elif k == 2:
+                a = acc2
+                a1 = a1_2
+            else:
+                a = acc3
+                a1 = a1_3
+            ch = 4 * cb + k
+            hit = (vid[:, None] == ch[None, :]).to(tl.float32)  # (4 NBQ, D/4) slot -> channel
+            isb = tl.sum(hit, axis=0) > 0
+            hi = tl.dot(xb, hit, input_precision="ieee")  # (BM, D/4), exact: one 1 per column
+            out = tl.where(isb[None, :], a1 + hi, a + zs0[:, None])
+            tl.store(o_pp + ch[None, :], out, mask=om)
+    else:
+        tl.store(o_pp + 4 * cb[None, :], acc0 + zs0[:, None], mask=om)
+        tl.store(o_pp + 4 * cb[None, :] + 1, acc1 + zs0[:, None], mask=om)
+        tl.store(o_pp + 4 * cb[None, :] + 2, acc2 + zs0[:, None], mask=om)
+        tl.store(o_pp + 4 * cb[None, :] + 3, acc3 + zs0[:, None], mask=om)
+    tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
+    tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
+
+
+@triton.jit
+def _rest_kernel(
+    Q, s_qb, s_qh,  # (B, Hq, D)
+    SK, SV, s_sb, s_sh, s_st,  # (B, H, S, D) sink keys / values
+    KB, s_kbb, s_kbh, s_kbt,  # (B, H, >=P+1, D) key buffer
+    VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) value window
+    KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
+    KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, nb) uint8
+    KIDX, s_kib, s_kih, s_kip,  # (B, H, NP, nb) int16 (Kitty) or (H, nb) with zero b/p strides
+    KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
+    VLO, s_vlb, s_vlh, s_vlt,  # (B, H, NV, D/4) uint8
+    VHI, s_vhb, s_vhh, s_vht,  # (B, H, NV, ceil(nb/4)) uint8
+    VIDX,  # (H, nb) int16
+    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16
+    KN, VN, s_nb, s_nh,  # (B, H, D) the new token's key / value (HAS_NEW)
+    NREAL, NPAGES, NVQ,  # (B,) int32
+    O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
+    qk_scale, H, NSPLIT, NREST, NSLOT,
+    GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
+    BN: tl.constexpr, BT: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
+    KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
+):  # fmt: skip
+    """Program ``(bh, j)`` takes the rest's tiles ``j, j + NREST, ...``: the sink's tiles, then
+    tiles from ``a0`` (the end of the page tiles) to the new token, each inside one key page."""
+    bh = tl.program_id(0)
+    j = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    nreal = tl.load(NREAL + b)
+    npg = tl.load(NPAGES + b)
+    nvq = tl.load(NVQ + b)
+    ns = tl.minimum(nreal, S)
+    nft = nreal * 0
+    if PAGED:
+        nft = tl.minimum(npg * P, nvq) // BN
+    m_ar = tl.arange(0, BM)
+    d = tl.arange(0, D)
+    q_ptr = Q + b * s_qb + (h * GQ + m_ar)[:, None] * s_qh
+    qd = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float16)  # (BM, D)
+    m_i = tl.full((BM,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    acc = tl.zeros((BM, D), tl.float32)
+    sb = tl.arange(0, NBP)
+    a0 = tl.minimum(S + nft * BN, nreal)  # page-tile aligned once nreal >= S
+    n_end = nreal + HAS_NEW
+    n_c = tl.cdiv(ns, BT)
+    n_ab = tl.cdiv(n_end - a0, BT)
+    kq_end = S + npg * P
+    vq_end = S + nvq
+    tt = tl.arange(0, BT)
+    if VBOOST:
+        vid2 = tl.load(VIDX + h * NB + sb, mask=sb < NB, other=-1).to(tl.int32)
+        vhit = vid2[:, None] == d[None, :]  # (NBP, D)
+        v_isb = tl.sum(vhit.to(tl.int32), axis=0) > 0
+        v_slot = tl.sum(tl.where(vhit, sb[:, None], 0), axis=0)  # (D,)
+    for i in range(j, n_c + n_ab, NREST):
+        if i < n_c:
+            t = i * BT + tt
+            valid = t < ns
+            rel0 = nreal * 0 - P
+        else:
+            t = a0 + (i - n_c) * BT + tt
+            valid = t < n_end
+            rel0 = nft * BN + (i - n_c) * BT
+        in_sink = valid & (t < ns)
+        rel = t - S
+        in_kq = valid & (t >= S) & (t < kq_end)
+        in_kb = valid & (t >= S) & (t >= kq_end) & (t < nreal)
+        in_vq = valid & (t >= S) & (t < vq_end)
+        in_vw = valid & (t >= S) & (t >= vq_end) & (t < nreal)
+        sk = tl.load(
+            SK + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
+        )
+        kbf = tl.load(
+            KB + b * s_kbb + h * s_kbh + (rel - npg * P)[:, None] * s_kbt + d[None, :],
+            mask=in_kb[:, None],
+            other=0.0,
+        )
+        kf = sk.to(tl.float32) + kbf.to(tl.float32)
+        in_new = valid & (t == nreal)
+        if HAS_NEW:
+            kn = tl.load(
+                KN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+            )
+            kf += kn.to(tl.float32)
+        # quantized keys: one page per tile
+        pg = rel0 // P  # the tile's key page (-1 for sink tiles)
+        pg_d = d * 0 + pg  # (D,) (a tensor mask: the interpreter mishandles scalar & tensor)
+        pg_ok = (pg_d >= 0) & (pg_d < npg)
+        pg_s = sb * 0 + pg
+        pg_oks = (pg_s >= 0) & (pg_s < npg) & (sb < NB)
+        prow = rel % P
+        kcode = (
+            tl.load(
+                KLO + b * s_klb + h * s_klh + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :],
+                mask=in_kq[:, None],
+                other=0,
+            ).to(tl.int32)
+            >> (2 * (prow % 4))[:, None]
+        ) & 3
+        if KBOOST:
+            kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1).to(tl.int32)
+            khit = kid[:, None] == d[None, :]
+            k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
+            k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
+            kh = tl.load(
+                KHI + b * s_khb + h * s_khh + pg * s_khp + (prow // 4)[:, None] * s_khr + k_slot[None, :],
+                mask=in_kq[:, None] & k_isb[None, :],
+                other=0,
+            ).to(tl.int32)
+            kcode += ((kh >> (2 * (prow % 4))[:, None]) & 3) << 2
+        ksc = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+        kzr = tl.load(KZR + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+        kf += tl.where(in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], 0.0)
+        sv = tl.load(
+            SV + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
+        )
+        vwf = tl.load(
+            VW + b * s_vwb + h * s_vwh + (rel - nvq)[:, None] * s_vwt + d[None, :],
+            mask=in_vw[:, None],
+            other=0.0,
+        )
+        vf = sv.to(tl.float32) + vwf.to(tl.float32)
+        if HAS_NEW:
+            vn = tl.load(
+                VN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+            )
+            vf += vn.to(tl.float32)
+        vrow = VLO + b * s_vlb + h * s_vlh + rel[:, None] * s_vlt
+        vcode = (
+            tl.load(vrow + (d // 4)[None, :], mask=in_vq[:, None], other=0).to(tl.int32)
+            >> (2 * (d % 4))[None, :]
+        ) & 3
+        vs_ptr = VSC + b * s_vsb + h * s_vsh + rel * s_vst
+        vz_ptr = VZR + b * s_vsb + h * s_vsh + rel * s_vst
+        vs0 = tl.load(vs_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+        vz0 = tl.load(vz_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+        if VBOOST:
+            vh = tl.load(
+                VHI + b * s_vhb + h * s_vhh + rel[:, None] * s_vht + (v_slot // 4)[None, :],
+                mask=in_vq[:, None] & v_isb[None, :],
+                other=0,
+            ).to(tl.int32)
+            vcode += ((vh >> (2 * (v_slot % 4))[None, :]) & 3) << 2
+            vs1 = tl.load(vs_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            vz1 = tl.load(vz_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            vs0 = tl.where(v_isb[None, :], vs1, vs0)
+            vz0 = tl.where(v_isb[None, :], vz1, vz0)
+        vf += tl.where(in_vq[:, None], vcode.to(tl.float32) * vs0 + vz0, 0.0)
+        # round to the model dtype as the reference does, then fp16 operands (exact for bf16 values
+        # within fp16's range: the interpreter has no bf16 dot and fp16 keeps p more precisely)
+        kt = kf.to(Q.dtype.element_ty).to(tl.float16)
+        vt_ = vf.to(Q.dtype.element_ty).to(tl.float16)
+        s = tl.dot(qd, tl.trans(kt)) * qk_scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt_)
+        m_i = m_new
+    o_base = (bh * NSLOT + NSPLIT + j) * GQ
+    tl.store(O_ACC + (o_base + m_ar)[:, None] * D + d[None, :], acc, mask=m_ar[:, None] < GQ)
+    tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
+    tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
+
+
+def n_splits_v3(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 8.0) -> int:
+    """Page-tile programs per (row, KV head): about ``waves`` programs per SM, >= 4 tiles each."""
+    if max_tiles == 0:
+        return 0
+    want = max(1, round(waves * n_sm / (B * H)))
+    return max(1, min(want, -(-max_tiles // 4)))
+
+
+def n_rest(cfg, BN: int, BT: int, paged: bool, n_sm: int, B: int, H: int) -> int:
+    """Rest programs per (row, KV head): every rest tile its own program when pages take the bulk
+    (sink tiles + what can follow the last page tile: < BN tokens, the key buffer or value window
+    (<= max(P, W) + 1) and the new token); without page tiles, enough programs to fill the GPU."""
+    if paged:
+        return -(-cfg.n_sink // BT) + -(-(BN + max(cfg.page_size, cfg.window) + 1) // BT)
+    return max(1, min(64, round(4 * n_sm / (B * H))))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    st: PackedKVState,
+    scaling: float,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
+    n_splits: int | None = None,
+    tile_rows: int = 32,
+    max_tiles: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 1,
+    use_asm: bool | None = None,
+    waves: float = 8.0,
+    prefetch: bool = True,
+) -> torch.Tensor:
+    """Attention of one new query token per row over the packed state plus (optionally) the new token.
+
+    q: (B, Hq, D) fp16/bf16. k_new/v_new: (B, H, D) the new token's key/value, attended in 16 bits
+    after the state's ``n_real`` tokens (None: the state already holds it). Returns (B, Hq, D) in
+    q's dtype. ``max_tiles`` (host int) bounds the 64-token page tiles per row, for the split count
+    only (default: read from ``st``, a device sync). ``tile_rows`` R: page tiles of 4R tokens (16,
+    32 or 64). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
+    page programs per SM the split count aims at. ``prefetch``: load tile i+1 while computing i.
+    """
+    st.check()
+    B, Hq, D = q.shape
+    H = st.sink_k.shape[1]
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.dtype != st.sink_k.dtype:
+        raise ValueError(f"q dtype {q.dtype} must be fp16/bf16 and match the cache's {st.sink_k.dtype}")
+    if B != st.sink_k.shape[0] or D != st.sink_k.shape[3] or Hq % H:
+        raise ValueError(
+            f"q {tuple(q.shape)} does not match the cache (B, H, D)={(st.sink_k.shape[0], H, D)}"
+        )
+    if tile_rows not in (16, 32, 64):
+        raise ValueError(f"tile_rows={tile_rows}: expected 16, 32 or 64")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    GQ = Hq // H
+    has_new = k_new is not None
+    if has_new:
+        if k_new.shape != (B, H, D) or v_new is None or v_new.shape != k_new.shape or k_new.dtype != q.dtype:
+            raise ValueError(
+                f"k_new/v_new must be ({B}, {H}, {D}) {q.dtype}; got k_new {tuple(k_new.shape)} "
+                f"{k_new.dtype}, v_new {None if v_new is None else tuple(v_new.shape)}"
+            )
+        if k_new.stride() != v_new.stride() or k_new.stride(-1) != 1:
+            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        kn, vn, nstr = k_new, v_new, (k_new.stride(0), k_new.stride(1))
+    else:
+        kn, vn, nstr = q, q, (0, 0)
+    c = st.cfg
+    S, P = c.n_sink, c.page_size
+    R = tile_rows
+    BN = 4 * R
+    BT = 32 if P % 32 == 0 else 16
+    if P % BT:
+        raise ValueError(f"page_size={P} must be a multiple of 16 for the fused kernel")
+    paged = P % BN == 0 and D >= 64  # dots need R >= 16 tokens and D/4 >= 16 channels
+    n_sm = _sm_count(q.device)
+    if max_tiles is None:
+        max_tiles = int((torch.minimum(st.n_pages * P, st.n_vq) // 64).max()) if paged else 0
+    n_tiles = max_tiles * 64 // BN if paged else 0
+    ns = n_splits_v3(B, H, n_tiles, n_sm, waves) if n_splits is None else n_splits
+    ns = ns if paged else 0
+    nr = n_rest(c, BN, BT, paged, n_sm, B, H)
+    nslot = ns + nr
+    nb = st.n_boost
+    NBP = max(16, triton.next_power_of_2(max(nb, 1)))
+    kboost = st.k_hi is not None
+    vboost = st.v_hi is not None
+    o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
+    o_m = torch.empty(B * H, nslot, GQ, dtype=torch.float32, device=q.device)
+    o_l = torch.empty_like(o_m)
+    if st.k_idx is not None:
+        kidx, kis = st.k_idx, (st.k_idx.stride(0), st.k_idx.stride(1), st.k_idx.stride(2))
+    elif st.boost_idx is not None:
+        kidx, kis = st.boost_idx, (0, st.boost_idx.stride(0), 0)
+    else:
+        kidx, kis = st.k_lo, (0, 0, 0)
+    khi = st.k_hi if kboost else st.k_lo
+    khs = st.k_hi.stride()[:4] if kboost else (0, 0, 0, 0)
+    vhi = st.v_hi if vboost else st.v_lo
+    vhs = st.v_hi.stride()[:3] if vboost else (0, 0, 0)
+    vidx = st.boost_idx.contiguous() if vboost else st.v_lo
+    asm = (q.device.type == "cuda") if use_asm is None else use_asm
+    BM = max(16, triton.next_power_of_2(GQ))
+    packed = (
+        st.k_lo, *st.k_lo.stride()[:4],
+        khi, *khs,
+        kidx, *kis,
+        st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
+        st.v_lo, *st.v_lo.stride()[:3],
+        vhi, *vhs,
+        vidx,
+        st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
+    )  # fmt: skip
+    _rest_kernel[(B * H, nr)](
+        q, q.stride(0), q.stride(1),
+        st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
+        st.k_buf, *st.k_buf.stride()[:3],
+        st.v_win, *st.v_win.stride()[:3],
+        *packed,
+        kn, vn, *nstr,
+        st.n_real, st.n_pages, st.n_vq,
+        o_acc, o_m, o_l,
+        scaling * LOG2E, H, ns, nr, nslot,
+        GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, BT=BT, NB=nb, NBP=NBP,
+        KBOOST=kboost, VBOOST=vboost, PAGED=paged, HAS_NEW=has_new,
+        num_warps=4, num_stages=1,
+    )  # fmt: skip
+    if ns:
+        _page_kernel[(B * H, ns)](
+            q, q.stride(0), q.stride(1),
+            *packed,
+            st.n_pages, st.n_vq,
+            o_acc, o_m, o_l,
+            scaling * LOG2E, H, ns, nslot,
+            GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, NBP // 4),
+            KBOOST=kboost, VBOOST=vboost, ASM=asm, PREFETCH=prefetch,
+            num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+    _combine_kernel[(B * H,)](o_acc, o_m, o_l, out, nslot, GQ=GQ, GP=max(2, triton.next_power_of_2(GQ)), D=D)
+    return out

@@ -1,0 +1,85 @@
+"""Fused decode attention v3 vs the PyTorch reference (dequantize + fp32 softmax attention).
+
+Same tolerances as v1's tests (relative L2 over the batch: 1e-3 fp16, 6e-3 bf16; worst row 2x).
+On the CPU the interpreter runs the plain code-unpacking path (it has no inline asm); the GPU run
+(`-m gpu`) checks the inline-PTX path too.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from attention_checks import check_attention, make_cfg
+
+from fcboost.kernels.decode_attention_v3 import decode_attention
+from fcboost.kernels.state import random_state
+
+PAPER = dict(n_sink=32, page_size=128, window=128)
+_cfg = make_cfg
+_check = partial(check_attention, decode_attention)
+
+
+@pytest.mark.parametrize(
+    "method,dtype,D,G,R,prefetch",
+    [
+        ("kivi", torch.float16, 64, 4, 16, True),
+        ("kivi", torch.bfloat16, 128, 1, 32, False),
+        ("kitty", torch.bfloat16, 64, 3, 16, True),
+        ("kitty", torch.float16, 128, 8, 32, True),
+        ("static", torch.float16, 64, 8, 32, True),
+        ("static", torch.bfloat16, 128, 4, 16, False),
+        ("static", torch.bfloat16, 64, 4, 64, True),
+        ("static_keys", torch.bfloat16, 64, 1, 16, True),
+    ],
+)
+def test_v3_matches_reference(method, dtype, D, G, R, prefetch, device):
+    """Ragged rows over every region (sink only, sink+buffer, pages+window, several page tiles)."""
+    _check(
+        _cfg(method, **PAPER),
+        [1, 33, 161, 289, 700],
+        H=2 if G == 1 else 1,
+        G=G,
+        D=D,
+        dtype=dtype,
+        device=device,
+        n_splits=2,
+        tile_rows=R,
+        prefetch=prefetch,
+    )
+
+
+@pytest.mark.parametrize("method", ["kitty", "static"])
+def test_v3_state_holding_new_token(method, device):
+    """The new token already in the buffers (no k_new), default split count, P=W=64."""
+    cfg = _cfg(method, n_sink=32, page_size=64, window=64)
+    _check(cfg, [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False)
+
+
+def test_v3_split_count_does_not_change_result(device):
+    st = random_state(_cfg("static", **PAPER), [700], 1, 64, torch.float16, device, seed=3)
+    q = torch.randn(1, 2, 64, device=device).to(torch.float16)
+    outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
+    assert (outs[0] - outs[1]).abs().max() < 2e-3
+
+
+def test_v3_bad_input_raises(device):
+    st = random_state(_cfg("kivi", **PAPER), [5], 2, 64, torch.float16, device)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention(torch.randn(1, 4, 64, device=device), st, 0.125)
+    with pytest.raises(ValueError, match="does not match"):
+        decode_attention(torch.randn(1, 3, 64, device=device).half(), st, 0.125)
+    with pytest.raises(ValueError, match="tile_rows"):
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125, tile_rows=8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize("use_asm", [True, False])
+def test_v3_qwen3_8b_shape(method, use_asm):
+    """32 query heads, 8 KV heads, d=128, paper config, ragged rows up to 32K."""
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
+               seed=5, use_asm=use_asm)  # fmt: skip
