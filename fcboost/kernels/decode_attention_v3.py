@@ -485,10 +485,11 @@ def decode_attention(
     tile_rows: int = 32,
     max_tiles: int | None = None,
     num_warps: int = 4,
-    num_stages: int = 1,
+    num_stages: int = 2,
     use_asm: bool | None = None,
     waves: float = 8.0,
-    prefetch: bool = True,
+    prefetch: bool = False,
+    maxnreg: int | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -497,7 +498,8 @@ def decode_attention(
     q's dtype. ``max_tiles`` (host int) bounds the 64-token page tiles per row, for the split count
     only (default: read from ``st``, a device sync). ``tile_rows`` R: page tiles of 4R tokens (16,
     32 or 64). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
-    page programs per SM the split count aims at. ``prefetch``: load tile i+1 while computing i.
+    page programs per SM the split count aims at. ``prefetch``: load tile i+1 into registers while computing i (else Triton's pipeliner, ``num_stages``).
+    ``maxnreg``: register cap of the page kernel (more programs per SM).
     """
     st.check()
     B, Hq, D = q.shape
@@ -594,7 +596,7 @@ def decode_attention(
             scaling * LOG2E, H, ns, nslot,
             GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, NBP // 4),
             KBOOST=kboost, VBOOST=vboost, ASM=asm, PREFETCH=prefetch,
-            num_warps=num_warps, num_stages=num_stages,
+            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
         )  # fmt: skip
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _combine_kernel[(B * H,)](o_acc, o_m, o_l, out, nslot, GQ=GQ, GP=max(2, triton.next_power_of_2(GQ)), D=D)
