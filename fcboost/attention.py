@@ -6,7 +6,7 @@ Importing this module registers ``fcboost_fused`` in ``AttentionInterface`` (and
 
 - decode (query length 1): the layer's packed state (:meth:`QuantizedLayer.fused_state`, found by
   ``module.layer_idx`` in the registry the layer's update fills) plus the new token's 16-bit key and
-  value go through :func:`fcboost.kernels.decode_attention.decode_attention`;
+  value go through :func:`fcboost.kernels.decode_attention_v3.decode_attention`;
 - prefill (and any call without a fused-path layer): SDPA on the key/value the cache returned.
 
 Example::
@@ -24,11 +24,10 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from fcboost.kernels.decode_attention_v2 import decode_attention
+from fcboost.kernels.decode_attention_v3 import decode_attention
 from fcboost.kernels.state import active_layer
 
 NAME = "fcboost_fused"
-TILE_ROWS = 16  # page-tile rows of 4 tokens (BN = 64 tokens per tile)
 
 
 def fcboost_fused(
@@ -47,12 +46,10 @@ def fcboost_fused(
     if query.shape[2] == 1 and pending is not None and pending[1].shape[2] == 1 and pending[1] is key:
         st, k_new, v_new = layer.fused_state()
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        P, BN = st.cfg.page_size, 4 * TILE_ROWS
-        # page tiles of the longest row, from the host-side counts (no device sync)
-        max_tiles = max(min(layer.n_pages(b) * P, layer.n_vq(b)) // BN for b in range(layer.B))
-        out = decode_attention(
-            query[:, :, 0], st, scale, k_new, v_new, tile_rows=TILE_ROWS, max_tiles=max_tiles
-        )
+        P = st.cfg.page_size
+        # 64-token page tiles of the longest row, from the host-side counts (no device sync)
+        max_tiles = max(min(layer.n_pages(b) * P, layer.n_vq(b)) // 64 for b in range(layer.B))
+        out = decode_attention(query[:, :, 0], st, scale, k_new, v_new, max_tiles=max_tiles)
         return out[:, None], None
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

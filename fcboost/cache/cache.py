@@ -33,8 +33,14 @@ class QuantizedKVCache(Cache):
         print(cache.nbytes())
     """
 
-    def __init__(self, model_config, quant_config: KVQuantConfig, mask: ChannelMask | None = None,
-                 attention_mask: torch.Tensor | None = None, read_path: str = "reference"):
+    def __init__(
+        self,
+        model_config,
+        quant_config: KVQuantConfig,
+        mask: ChannelMask | None = None,
+        attention_mask: torch.Tensor | None = None,
+        read_path: str = "reference",
+    ):
         check_supported(model_config)
         shape = attention_shape(model_config)
         qc = quant_config
@@ -43,7 +49,9 @@ class QuantizedKVCache(Cache):
                 raise ValueError("selector='static' needs a ChannelMask (mask=...); got None")
             mask.check_compatible(shape.n_layers, shape.n_kv_heads, shape.head_dim)
         elif mask is not None:
-            raise ValueError(f"a mask was given but selector={qc.selector!r} ignores it; use KVQuantConfig.static()")
+            raise ValueError(
+                f"a mask was given but selector={qc.selector!r} ignores it; use KVQuantConfig.static()"
+            )
         if qc.n_boost > shape.head_dim:
             raise ValueError(f"n_boost={qc.n_boost} exceeds head_dim={shape.head_dim}")
         if not qc.passthrough and shape.head_dim % (8 // min(qc.value_bits, 8)):
@@ -96,8 +104,12 @@ class QuantizedKVCache(Cache):
         am = attention_mask.bool()
         n_real = am.sum(-1)
         if not bool((am[:, -1] | (n_real == 0)).all()) or not bool(
-            (am.long().cumsum(-1) == torch.arange(1, am.shape[1] + 1, device=am.device) - (am.shape[1] - n_real)[:, None]
-             ).logical_or(~am).all()
+            (
+                am.long().cumsum(-1)
+                == torch.arange(1, am.shape[1] + 1, device=am.device) - (am.shape[1] - n_real)[:, None]
+            )
+            .logical_or(~am)
+            .all()
         ):
             raise ValueError("attention_mask must be left-padded (zeros first, then ones)")
         pads = (am.shape[1] - n_real).tolist()

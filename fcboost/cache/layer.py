@@ -70,7 +70,9 @@ class QuantizedLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, config: KVQuantConfig, selector, layer_idx: int, boost_idx: torch.Tensor | None = None):
+    def __init__(
+        self, config: KVQuantConfig, selector, layer_idx: int, boost_idx: torch.Tensor | None = None
+    ):
         super().__init__()
         self.cfg = config
         self.selector = selector
@@ -154,8 +156,10 @@ class QuantizedLayer(CacheLayerMixin):
                 self.n_pad = _pads_from_position_ids(kwargs, key_states.shape[2], self.B)
         B, H, n, D = key_states.shape
         if B != self.B or H != self.H or D != self.D:
-            raise ValueError(f"update of shape {tuple(key_states.shape)} does not match the cache's (B,H,D)="
-                             f"{(self.B, self.H, self.D)}")
+            raise ValueError(
+                f"update of shape {tuple(key_states.shape)} does not match the cache's (B,H,D)="
+                f"{(self.B, self.H, self.D)}"
+            )
         if self.read_path == "fused":
             return self._update_fused(key_states, value_states)
         # Quantize what the previous update left pending: it has been attended in 16 bits by now.
@@ -273,8 +277,14 @@ class QuantizedLayer(CacheLayerMixin):
     def _triton_flush(self, x: torch.Tensor) -> bool:
         """Fused path on a GPU: quantize on flush with the Triton pack kernels (bitwise equal)."""
         P, D = self.cfg.page_size, self.D
-        return (self.read_path == "fused" and x.is_cuda and P & (P - 1) == 0 and D & (D - 1) == 0
-                and self.cfg.key_bits in (2, 4, 8) and self.cfg.value_bits in (2, 4, 8))
+        return (
+            self.read_path == "fused"
+            and x.is_cuda
+            and P & (P - 1) == 0
+            and D & (D - 1) == 0
+            and self.cfg.key_bits in (2, 4, 8)
+            and self.cfg.value_bits in (2, 4, 8)
+        )
 
     def _write_pages(self, b: int, p0: int, pages: torch.Tensor) -> None:
         c, n_p = self.cfg, pages.shape[1]
@@ -283,12 +293,25 @@ class QuantizedLayer(CacheLayerMixin):
 
             for name in ("k_lo", "k_hi", "k_idx", "k_scale", "k_zero"):
                 setattr(self, name, _grow(getattr(self, name), 2, p0 + n_p))
-            src = pages.flatten(1, 2).unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n_p*P, D), batch stride 0
+            src = (
+                pages.flatten(1, 2).unsqueeze(0).expand(self.B, -1, -1, -1)
+            )  # (B, H, n_p*P, D), batch stride 0
             P = c.page_size
-            pack_key_pages(src, [b] * n_p, [i * P for i in range(n_p)], list(range(p0, p0 + n_p)), lo=self.k_lo,
-                           scale=self.k_scale, zero=self.k_zero, bits=c.key_bits, boost_bits=c.boost_bits,
-                           hi=self.k_hi, idx=self.k_idx if self.k_idx is not None else self.boost_idx,
-                           dynamic=self.k_idx is not None, n_boost=self.n_boost if self.k_hi is not None else 0)
+            pack_key_pages(
+                src,
+                [b] * n_p,
+                [i * P for i in range(n_p)],
+                list(range(p0, p0 + n_p)),
+                lo=self.k_lo,
+                scale=self.k_scale,
+                zero=self.k_zero,
+                bits=c.key_bits,
+                boost_bits=c.boost_bits,
+                hi=self.k_hi,
+                idx=self.k_idx if self.k_idx is not None else self.boost_idx,
+                dynamic=self.k_idx is not None,
+                n_boost=self.n_boost if self.k_hi is not None else 0,
+            )
             return
         is_boost = self.selector.key_boost(pages)
         pk = quantize_key_pages(pages, c.key_bits, c.boost_bits, is_boost, self.n_boost)
@@ -315,9 +338,21 @@ class QuantizedLayer(CacheLayerMixin):
             for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
                 setattr(self, name, _grow(getattr(self, name), 2, j0 + n))
             src = vals.unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n, D), batch stride 0
-            pack_values(src, [b], [0], [j0], [n], lo=self.v_lo, scale=self.v_scale, zero=self.v_zero,
-                        bits=c.value_bits, boost_bits=c.boost_bits, hi=self.v_hi,
-                        idx=self.boost_idx if self._value_boost else None, max_count=n)
+            pack_values(
+                src,
+                [b],
+                [0],
+                [j0],
+                [n],
+                lo=self.v_lo,
+                scale=self.v_scale,
+                zero=self.v_zero,
+                bits=c.value_bits,
+                boost_bits=c.boost_bits,
+                hi=self.v_hi,
+                idx=self.boost_idx if self._value_boost else None,
+                max_count=n,
+            )
             return
         is_boost = self.selector.value_boost()
         if is_boost is not None:
@@ -346,10 +381,18 @@ class QuantizedLayer(CacheLayerMixin):
         n = self.n_pages(b)
         idx = None
         if self.k_hi is not None:
-            idx = (self.k_idx[b, :, :n] if self.k_idx is not None
-                   else self.boost_idx.unsqueeze(1).expand(self.H, n, -1)).long()
-        return PackedKeys(self.k_lo[b, :, :n], None if self.k_hi is None else self.k_hi[b, :, :n], idx,
-                          self.k_scale[b, :, :n], self.k_zero[b, :, :n])
+            idx = (
+                self.k_idx[b, :, :n]
+                if self.k_idx is not None
+                else self.boost_idx.unsqueeze(1).expand(self.H, n, -1)
+            ).long()
+        return PackedKeys(
+            self.k_lo[b, :, :n],
+            None if self.k_hi is None else self.k_hi[b, :, :n],
+            idx,
+            self.k_scale[b, :, :n],
+            self.k_zero[b, :, :n],
+        )
 
     def dequantized(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row ``b``'s real tokens as attention sees them, ``(H, n_real, D)`` each, rebuilt from the packed state."""
@@ -361,11 +404,17 @@ class QuantizedLayer(CacheLayerMixin):
         ks = [self.sink_k[b, :, :ns].float()]
         vs = [self.sink_v[b, :, :ns].float()]
         if npg:
-            ks.append(dequantize_key_pages(self.packed_keys(b), c.page_size, c.key_bits, c.boost_bits).flatten(1, 2))
+            ks.append(
+                dequantize_key_pages(self.packed_keys(b), c.page_size, c.key_bits, c.boost_bits).flatten(1, 2)
+            )
         ks.append(self.k_buf[b, :, : self.n_kbuf(b)].float())
         if nvq:
-            pv = PackedValues(self.v_lo[b, :, :nvq], None if self.v_hi is None else self.v_hi[b, :, :nvq],
-                              self.v_scale[b, :, :nvq], self.v_zero[b, :, :nvq])
+            pv = PackedValues(
+                self.v_lo[b, :, :nvq],
+                None if self.v_hi is None else self.v_hi[b, :, :nvq],
+                self.v_scale[b, :, :nvq],
+                self.v_zero[b, :, :nvq],
+            )
             vs.append(dequantize_values(pv, self.D, c.value_bits, c.boost_bits, self._value_idx()))
         vs.append(self.v_win[b, :, : self.n_vwin(b)].float())
         return torch.cat(ks, 1).to(self.dtype), torch.cat(vs, 1).to(self.dtype)
@@ -409,7 +458,9 @@ class QuantizedLayer(CacheLayerMixin):
         self._pending = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("beam search is not supported by the quantized cache (use sampling or greedy)")
+        raise NotImplementedError(
+            "beam search is not supported by the quantized cache (use sampling or greedy)"
+        )
 
 
 def _entry_numel(t: torch.Tensor) -> int:

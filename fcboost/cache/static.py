@@ -188,10 +188,7 @@ class StaticQuantLayer(_StaticBase):
         self._ar = self._rows.long()
         self._zeros = torch.zeros(B, **i32)
         self._ones = torch.ones(B, **i32)
-        from fcboost.kernels.decode_attention import _n_splits, _sm_count
-
-        self.max_tiles = min(self.NP * cfg.page_size, self.NV) // 64
-        self.n_splits = _n_splits(B, H, self.max_tiles, _sm_count(self.device))
+        self.max_tiles = min(self.NP * cfg.page_size, self.NV) // 64  # the kernel's split count
         self._state = None
 
     # ---------------------------------------------------------------- counts (host, prefill)
@@ -312,11 +309,9 @@ class StaticQuantLayer(_StaticBase):
     ) -> torch.Tensor:
         """q ``(B, Hq, D)``, k_new/v_new ``(B, H, D)`` -> attention output ``(B, Hq, D)``; then append
         the token and flush, all on the device (graph-capturable)."""
-        from fcboost.kernels.decode_attention_v2 import decode_attention
+        from fcboost.kernels.decode_attention_v3 import decode_attention
 
-        out = decode_attention(
-            q, self.state(), scaling, k_new, v_new, n_splits=self.n_splits, max_tiles=self.max_tiles
-        )
+        out = decode_attention(q, self.state(), scaling, k_new, v_new, max_tiles=self.max_tiles)
         self.append_decode(k_new, v_new)
         return out
 
@@ -339,7 +334,7 @@ class StaticQuantLayer(_StaticBase):
         self.n_real.add_(1)
         past = n >= S
         kflush = past & (nkb + 1 > P)  # (B,)
-        dst = torch.where(kflush, npg, self.NP).to(torch.int32)
+        dst = torch.where(kflush, npg, -1).to(torch.int32)  # -1: the kernel skips the row
         self._pack_keys(self.k_buf, self._rows, self._zeros, dst)
         kf = kflush[:, None, None]
         self.k_buf[:, :, 0] = torch.where(kf, self.k_buf[:, :, P], self.k_buf[:, :, 0])

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fcboost.kernels.decode_attention import _combine_kernel, _sm_count
+from fcboost.kernels.decode_attention import _sm_count
 from fcboost.kernels.decode_attention import decode_attention_reference as decode_attention_reference
 from fcboost.kernels.state import PackedKVState
 
@@ -311,6 +311,7 @@ def _rest_kernel(
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
     BN: tl.constexpr, BT: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
     KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
+    KDYN: tl.constexpr,
 ):  # fmt: skip
     """Program ``(bh, j)`` takes the rest's tiles ``j, j + NREST, ...``: the sink's tiles, then
     tiles from ``a0`` (the end of the page tiles) to the new token, each inside one key page."""
@@ -345,6 +346,11 @@ def _rest_kernel(
         vhit = vid2[:, None] == d[None, :]  # (NBP, D)
         v_isb = tl.sum(vhit.to(tl.int32), axis=0) > 0
         v_slot = tl.sum(tl.where(vhit, sb[:, None], 0), axis=0)  # (D,)
+    if KBOOST and not KDYN:  # a static mask: the same boosted channels on every page
+        kid0 = tl.load(KIDX + h * s_kih + sb, mask=sb < NB, other=-1).to(tl.int32)
+        khit0 = kid0[:, None] == d[None, :]
+        k_isb0 = tl.sum(khit0.to(tl.int32), axis=0) > 0
+        k_slot0 = tl.sum(tl.where(khit0, sb[:, None], 0), axis=0)
     for i in range(j, n_c + n_ab, NREST):
         if i < n_c:
             t = i * BT + tt
@@ -391,10 +397,16 @@ def _rest_kernel(
             >> (2 * (prow % 4))[:, None]
         ) & 3
         if KBOOST:
-            kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1).to(tl.int32)
-            khit = kid[:, None] == d[None, :]
-            k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
-            k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
+            if KDYN:  # Kitty: this page's channels
+                kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1).to(
+                    tl.int32
+                )
+                khit = kid[:, None] == d[None, :]
+                k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
+                k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
+            else:
+                k_isb = k_isb0
+                k_slot = k_slot0
             kh = tl.load(
                 KHI + b * s_khb + h * s_khh + pg * s_khp + (prow // 4)[:, None] * s_khr + k_slot[None, :],
                 mask=in_kq[:, None] & k_isb[None, :],
@@ -458,6 +470,45 @@ def _rest_kernel(
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
 
 
+@triton.jit
+def _combine_v3(O_ACC, O_M, O_L, OUT, NSLOT, GQ: tl.constexpr, NSP: tl.constexpr, D: tl.constexpr):
+    """out[bh, g] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s; program (bh, g), all slots at once."""
+    bh = tl.program_id(0)
+    g = tl.program_id(1)
+    s = tl.arange(0, NSP)
+    d = tl.arange(0, D)
+    base = (bh * NSLOT + s) * GQ + g  # (NSP,)
+    ok = s < NSLOT
+    m_s = tl.load(O_M + base, mask=ok, other=float("-inf"))
+    l_s = tl.load(O_L + base, mask=ok, other=0.0)
+    m = tl.max(m_s, 0)
+    w = tl.where(m_s == float("-inf"), 0.0, tl.math.exp2(m_s - m))  # (NSP,)
+    a = tl.load(O_ACC + base[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)  # (NSP, D)
+    out = tl.sum(a * w[:, None], 0) / tl.sum(l_s * w, 0)
+    tl.store(OUT + (bh * GQ + g) * D + d, out.to(OUT.dtype.element_ty))
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for the rest kernel (created once, reused by graph replays)."""
+    key = (
+        torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
+    )
+    if key not in _SIDE:
+        _SIDE[key] = torch.cuda.Stream(device=device)
+    return _SIDE[key]
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def n_splits_v3(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 8.0) -> int:
     """Page-tile programs per (row, KV head): about ``waves`` programs per SM, >= 4 tiles each."""
     if max_tiles == 0:
@@ -482,14 +533,15 @@ def decode_attention(
     k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None,
     n_splits: int | None = None,
-    tile_rows: int = 32,
+    tile_rows: int | None = None,
     max_tiles: int | None = None,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int | None = None,
     use_asm: bool | None = None,
-    waves: float = 8.0,
+    waves: float = 4.0,
     prefetch: bool = False,
     maxnreg: int | None = None,
+    overlap: bool = True,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -497,9 +549,12 @@ def decode_attention(
     after the state's ``n_real`` tokens (None: the state already holds it). Returns (B, Hq, D) in
     q's dtype. ``max_tiles`` (host int) bounds the 64-token page tiles per row, for the split count
     only (default: read from ``st``, a device sync). ``tile_rows`` R: page tiles of 4R tokens (16,
-    32 or 64). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
+    32 or 64; default 32 when the page size allows, else 16). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
     page programs per SM the split count aims at. ``prefetch``: load tile i+1 into registers while computing i (else Triton's pipeliner, ``num_stages``).
-    ``maxnreg``: register cap of the page kernel (more programs per SM).
+    ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
+    values, none with them, 0 for none). ``num_stages``: default 2 (3 with boosted values). The
+    defaults are the fastest of the H200 sweep in ``benchmarks/results/tune_decode_attention_h200.json``. ``overlap``: on CUDA, run
+    the rest kernel on a side stream beside the page kernel.
     """
     st.check()
     B, Hq, D = q.shape
@@ -510,6 +565,8 @@ def decode_attention(
         raise ValueError(
             f"q {tuple(q.shape)} does not match the cache (B, H, D)={(st.sink_k.shape[0], H, D)}"
         )
+    if tile_rows is None:
+        tile_rows = 32 if st.cfg.page_size % 128 == 0 else 16
     if tile_rows not in (16, 32, 64):
         raise ValueError(f"tile_rows={tile_rows}: expected 16, 32 or 64")
     if q.stride(-1) != 1:
@@ -547,6 +604,10 @@ def decode_attention(
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
+    if maxnreg is None:
+        maxnreg = 0 if vboost else 128
+    if num_stages is None:
+        num_stages = 3 if vboost else 2
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
     o_m = torch.empty(B * H, nslot, GQ, dtype=torch.float32, device=q.device)
     o_l = torch.empty_like(o_m)
@@ -573,20 +634,32 @@ def decode_attention(
         vidx,
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
-    _rest_kernel[(B * H, nr)](
-        q, q.stride(0), q.stride(1),
-        st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
-        st.k_buf, *st.k_buf.stride()[:3],
-        st.v_win, *st.v_win.stride()[:3],
-        *packed,
-        kn, vn, *nstr,
-        st.n_real, st.n_pages, st.n_vq,
-        o_acc, o_m, o_l,
-        scaling * LOG2E, H, ns, nr, nslot,
-        GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, BT=BT, NB=nb, NBP=NBP,
-        KBOOST=kboost, VBOOST=vboost, PAGED=paged, HAS_NEW=has_new,
-        num_warps=4, num_stages=1,
-    )  # fmt: skip
+    side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
+
+    def launch_rest():
+        _rest_kernel[(B * H, nr)](
+            q, q.stride(0), q.stride(1),
+            st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
+            st.k_buf, *st.k_buf.stride()[:3],
+            st.v_win, *st.v_win.stride()[:3],
+            *packed,
+            kn, vn, *nstr,
+            st.n_real, st.n_pages, st.n_vq,
+            o_acc, o_m, o_l,
+            scaling * LOG2E, H, ns, nr, nslot,
+            GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, BT=BT, NB=nb, NBP=NBP,
+            KBOOST=kboost, VBOOST=vboost, PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None,
+            num_warps=8 if BT == 32 else 4, num_stages=1,
+        )  # fmt: skip
+
+    if side is None:
+        launch_rest()
+    else:  # the rest runs beside the page kernel (a graph capture records the fork and join); the
+        # outputs are freed only after the join below, so no record_stream is needed
+        cur = torch.cuda.current_stream(q.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            launch_rest()
     if ns:
         _page_kernel[(B * H, ns)](
             q, q.stride(0), q.stride(1),
@@ -598,6 +671,10 @@ def decode_attention(
             KBOOST=kboost, VBOOST=vboost, ASM=asm, PREFETCH=prefetch,
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
         )  # fmt: skip
+    if side is not None:
+        torch.cuda.current_stream(q.device).wait_stream(side)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
-    _combine_kernel[(B * H,)](o_acc, o_m, o_l, out, nslot, GQ=GQ, GP=max(2, triton.next_power_of_2(GQ)), D=D)
+    _combine_v3[(B * H, GQ)](
+        o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D
+    )
     return out

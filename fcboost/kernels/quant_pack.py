@@ -63,6 +63,8 @@ def _pack_key_page_kernel(
     b = tl.load(rows + e).to(tl.int64)
     t0 = tl.load(src_tok + e).to(tl.int64)
     pg = tl.load(dst_page + e).to(tl.int64)
+    if pg < 0:  # no page to flush for this entry (decode steps without a flush)
+        return
     t = tl.arange(0, P)
     c = tl.arange(0, D)
     x = tl.load(src + b * s_sb + h * s_sh + (t0 + t[:, None]) * s_st + c[None, :]).to(tl.float32)  # (P, D)
@@ -239,7 +241,8 @@ def pack_key_pages(
     dynamic: bool = False,
     n_boost: int = 0,
 ) -> None:
-    """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``.
+    """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``
+    (entries with ``dst_page[e] < 0`` are skipped: a graph-captured decode step flushes no page).
 
     src: (B, H, T, D) keys; lo: (B, H, NP, P*bits/8, D) uint8; scale/zero: (B, H, NP, D) float16;
     hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16

@@ -224,7 +224,11 @@ def random_state(
             )
         else:
             st.boost_idx = (
-                torch.rand(H, D, generator=g, device=device).argsort(-1)[:, :nb].sort(-1).values.to(torch.int16).to(device)
+                torch.rand(H, D, generator=g, device=device)
+                .argsort(-1)[:, :nb]
+                .sort(-1)
+                .values.to(torch.int16)
+                .to(device)
             )
         if vboost:
             st.v_hi = u8(B, H, NV, -(-nb * 2 // 8))
