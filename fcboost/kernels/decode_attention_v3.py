@@ -50,6 +50,19 @@ def _asm(j: int) -> str:
     )
 
 
+def _asm_raw(j: int) -> str:
+    """PTX: 4 packed uint8 ($2) -> 4 fp16 ``1024 + (byte & (3 << 2j))`` in $0 (elements 0, 1), $1 (2, 3)."""
+    return (
+        "{ .reg .b32 t, m;\n"
+        f"mov.b32 m, 0x64646464;\nand.b32 t, $2, {hex(0x03030303 << (2 * j))};\n"
+        "prmt.b32 $0, t, m, 0x4140;\nprmt.b32 $1, t, m, 0x4342; }"
+    )
+
+
+RAW0: tl.constexpr = tl.constexpr(_asm_raw(0))
+RAW1: tl.constexpr = tl.constexpr(_asm_raw(1))
+RAW2: tl.constexpr = tl.constexpr(_asm_raw(2))
+RAW3: tl.constexpr = tl.constexpr(_asm_raw(3))
 ASM0: tl.constexpr = tl.constexpr(_asm(0))
 ASM1: tl.constexpr = tl.constexpr(_asm(1))
 ASM2: tl.constexpr = tl.constexpr(_asm(2))
@@ -74,47 +87,97 @@ def _codes(x, J: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _raw(x, J: tl.constexpr, ASM: tl.constexpr):
+    """uint8 tensor -> fp16 ``1024 + (x & (3 << 2J))`` = 1024 + code * 4^J (exact); callers remove the
+    1024 offset with a row sum and the 4^J scale after the dot (saves the fma of :func:`_codes`)."""
+    if ASM:
+        if J == 0:
+            c = tl.inline_asm_elementwise(RAW0, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        elif J == 1:
+            c = tl.inline_asm_elementwise(RAW1, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        elif J == 2:
+            c = tl.inline_asm_elementwise(RAW2, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+        else:
+            c = tl.inline_asm_elementwise(RAW3, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        c = ((x & (3 << (2 * J))).to(tl.int32) + 1024).to(tl.float16)
+    return c
+
+
+@triton.jit
 def _interleave4(x0, x1, x2, x3, M: tl.constexpr, N: tl.constexpr):
     """Four (M, N) tensors -> (M, 4N) with column 4n+j = x_j[:, n]."""
     return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (M, 4 * N))
 
 
 @triton.jit
-def _kscore(qs, kb, qh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr, ASM: tl.constexpr):
-    """Scores (BM, R) of the sub-tile of tokens 4r+J (log2 units)."""
-    s = tl.dot(qs, tl.trans(_codes(kb, J, ASM))) + bias[:, None]
+def _kscore(qs, rq, kb, qh, rh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr, ASM: tl.constexpr):
+    """Scores (BM, R) of the sub-tile of tokens 4r+J (log2 units); ``rq``/``rh``: 1024 * row sums
+    of the fp16 operands ``qs``/``qh`` (the raw codes' offset)."""
+    inv: tl.constexpr = 1.0 / (1 << (2 * J))
+    s = (tl.dot(qs, tl.trans(_raw(kb, J, ASM))) - rq[:, None]) * inv + bias[:, None]
     if KBOOST:
-        s += tl.dot(qh, tl.trans(_codes(hb, J, ASM)))
+        s += (tl.dot(qh, tl.trans(_raw(hb, J, ASM))) - rh[:, None]) * inv
     return s
 
 
 @triton.jit
-def _load_tile(
-    tok0, k_base, s_klp, s_klr, ksc_base, kzr_base, s_ksp, v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm,
-    P: tl.constexpr, R: tl.constexpr, D: tl.constexpr, NBQ: tl.constexpr, VBOOST: tl.constexpr,
-):  # fmt: skip
-    """The page tile at ``tok0`` (tokens after the sink): key bytes (R, D), the page's key scales
-    and zeros (D,), value bytes (BN, D/4), value scales/zeros (BN,) of group 0 and, with VBOOST,
-    of group 1 and the value hi bytes (BN, NBQ)."""
-    rr = tl.arange(0, R)
-    tn = tok0 + tl.arange(0, 4 * R)
-    d = tl.arange(0, D)
-    pg = tok0 // P
-    kb = tl.load(k_base + pg * s_klp + ((tok0 % P) // 4 + rr)[:, None] * s_klr + d[None, :])
-    vb = tl.load(v_lo + tn[:, None] * s_vlt + tl.arange(0, D // 4)[None, :])
-    sc = tl.load(ksc_base + pg * s_ksp + d)
-    zr = tl.load(kzr_base + pg * s_ksp + d)
-    s0 = tl.load(v_sc + tn * s_vst)
-    z0 = tl.load(v_zr + tn * s_vst)
+def _pv(p, s0, z0, s1, z1, vb, bhv, a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a,
+        R: tl.constexpr, NBQ: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+    """One sub-tile's P.V: p (BM, R) probabilities of tokens 4r+j, s0/z0 (R,) their value scales
+    and zeros (s1/z1 group 1), vb (R, D/4) their value bytes (bhv (R, NBQ) hi bytes). Accumulates
+    raw-code dots into a0..a3 (b0..b3 and, in slot order, accb for the boosted group) and per-column
+    partial sums (reduced
+    over the row once, after the loop): l_a = sum p, c0_a = sum fp16(p s0), z0_a = sum p z0."""
+    ps = (p * s0[None, :]).to(tl.float16)
+    a0 = tl.dot(ps, _raw(vb, 0, ASM), a0)
+    a1 = tl.dot(ps, _raw(vb, 1, ASM), a1)
+    a2 = tl.dot(ps, _raw(vb, 2, ASM), a2)
+    a3 = tl.dot(ps, _raw(vb, 3, ASM), a3)
+    l_a += p
+    c0_a += ps.to(tl.float32)
+    z0_a += p * z0[None, :]
     if VBOOST:
-        bhv = tl.load(v_hi + tn[:, None] * s_vht + tl.arange(0, NBQ)[None, :], mask=vhm, other=0)
-        s1 = tl.load(v_sc + tn * s_vst + 1)
-        z1 = tl.load(v_zr + tn * s_vst + 1)
+        ps1 = (p * s1[None, :]).to(tl.float16)
+        b0 = tl.dot(ps1, _raw(vb, 0, ASM), b0)
+        b1 = tl.dot(ps1, _raw(vb, 1, ASM), b1)
+        b2 = tl.dot(ps1, _raw(vb, 2, ASM), b2)
+        b3 = tl.dot(ps1, _raw(vb, 3, ASM), b3)
+        hc = _interleave4(_raw(bhv, 0, ASM), _raw(bhv, 1, ASM), _raw(bhv, 2, ASM), _raw(bhv, 3, ASM), R, NBQ)
+        accb = tl.dot(ps1, hc, accb)  # (BM, 4 NBQ): slot 4c+j holds 1024 + hi * 4^j raw sums
+        c1_a += ps1.to(tl.float32)
+        z1_a += p * z1[None, :]
+    return a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a
+
+
+@triton.jit
+def _scales(tok0, ksc, kzr, s_ksp, v_sc, v_zr, s_vst, P: tl.constexpr, D: tl.constexpr, BN: tl.constexpr,
+            VBOOST: tl.constexpr):  # fmt: skip
+    """The page tile at ``tok0``'s key scales/zeros (D,) and value scales/zeros (BN,) in fp32
+    (group 1's too with VBOOST, else group 0's again)."""
+    d = tl.arange(0, D)
+    t = tok0 + tl.arange(0, BN)
+    pg = tok0 // P
+    sc = tl.load(ksc + pg * s_ksp + d).to(tl.float32)
+    zr = tl.load(kzr + pg * s_ksp + d).to(tl.float32)
+    s0 = tl.load(v_sc + t * s_vst).to(tl.float32)
+    z0 = tl.load(v_zr + t * s_vst).to(tl.float32)
+    if VBOOST:
+        s1 = tl.load(v_sc + t * s_vst + 1).to(tl.float32)
+        z1 = tl.load(v_zr + t * s_vst + 1).to(tl.float32)
     else:
-        bhv = vb
         s1 = s0
         z1 = z0
-    return kb, vb, sc, zr, s0, z0, bhv, s1, z1
+    return sc, zr, s0, z0, s1, z1
+
+
+@triton.jit
+def _split4(x, R: tl.constexpr):
+    """(4R,) -> the four (R,) vectors x[4r + j], j = 0..3."""
+    a, b = tl.split(tl.reshape(x, (R, 2, 2)))  # [r, h, l] -> l = 0 / 1: (R, 2) over h
+    x0, x2 = tl.split(a)
+    x1, x3 = tl.split(b)
+    return x0, x1, x2, x3
 
 
 @triton.jit
@@ -133,7 +196,7 @@ def _page_kernel(
     qk_scale, H, NSPLIT, NSLOT,
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
     NB: tl.constexpr, NBP: tl.constexpr, NBQ: tl.constexpr,
-    KBOOST: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
+    KBOOST: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -150,57 +213,73 @@ def _page_kernel(
     rr = tl.arange(0, R)
     cb = tl.arange(0, D4)
     sb = tl.arange(0, NBP)
+    sq = tl.arange(0, NBQ)
     q_ptr = Q + b * s_qb + (h * GQ + m_ar)[:, None] * s_qh
     qf = tl.load(q_ptr + d[None, :], mask=m_ar[:, None] < GQ, other=0.0).to(tl.float32) * qk_scale  # (BM, D)
     m_i = tl.full((BM,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BM,), tl.float32)
-    acc0 = tl.zeros((BM, D4), tl.float32)
-    acc1 = tl.zeros((BM, D4), tl.float32)
-    acc2 = tl.zeros((BM, D4), tl.float32)
-    acc3 = tl.zeros((BM, D4), tl.float32)
-    zs0 = tl.zeros((BM,), tl.float32)
+    a0 = tl.zeros((BM, D4), tl.float32)
+    a1 = tl.zeros((BM, D4), tl.float32)
+    a2 = tl.zeros((BM, D4), tl.float32)
+    a3 = tl.zeros((BM, D4), tl.float32)
+    l_a = tl.zeros((BM, R), tl.float32)  # per-column partial sums, rescaled like the accumulators
+    c0_a = tl.zeros((BM, R), tl.float32)
+    z0_a = tl.zeros((BM, R), tl.float32)
+    b0 = a0
+    b1 = a0
+    b2 = a0
+    b3 = a0
+    c1_a = l_a
+    z1_a = l_a
+    accb = tl.zeros((BM, 4 * NBQ), tl.float32)
     k_base = KLO + b * s_klb + h * s_klh
     ks_base = b * s_ksb + h * s_ksh
     v_lo = VLO + b * s_vlb + h * s_vlh
+    v_hi = VHI + b * s_vhb + h * s_vhh
     v_sc = VSC + b * s_vsb + h * s_vsh
     v_zr = VZR + b * s_vsb + h * s_vsh
-    if VBOOST:
-        a1_0 = tl.zeros((BM, D4), tl.float32)
-        a1_1 = tl.zeros((BM, D4), tl.float32)
-        a1_2 = tl.zeros((BM, D4), tl.float32)
-        a1_3 = tl.zeros((BM, D4), tl.float32)
-        accb = tl.zeros((BM, 4 * NBQ), tl.float32)
-        zs1 = tl.zeros((BM,), tl.float32)
-    sq = tl.arange(0, NBQ)
-    v_hi = VHI + b * s_vhb + h * s_vhh
     vhm = (sq < (NB + 3) // 4)[None, :]
-    # tile i0's bytes and scales (clamped: an empty run reloads a valid tile and never uses it)
-    kb, vb, sc, zr, s0, z0, bhv, s1, z1 = _load_tile(
-        tl.maximum(tl.minimum(i0, nft - 1), 0) * BN, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
-        v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
-    )  # fmt: skip
+    # the first tile's scales (clamped: an empty run loads a valid tile and never uses it); the
+    # loop loads tile i+1's while computing tile i (the pipeliner only prefetches the byte tiles)
+    tc = tl.maximum(tl.minimum(i0, nft - 1), 0) * BN
+    sc_n, zr_n, s0_n, z0_n, s1_n, z1_n = _scales(
+        tc, KSC + ks_base, KZR + ks_base, s_ksp, v_sc, v_zr, s_vst, P, D, BN, VBOOST
+    )
     for i in range(i0, i1):
         tok0 = i * BN  # relative to the sink's end
         pg = tok0 // P
-        if PREFETCH:  # use the tile loaded last iteration, load tile i+1 (clamped to the run)
-            kb_c, vb_c, sc_c, zr_c, s0_c, z0_c, bh_c, s1_c, z1_c = kb, vb, sc, zr, s0, z0, bhv, s1, z1
-            kb, vb, sc, zr, s0, z0, bhv, s1, z1 = _load_tile(
-                tl.minimum(i + 1, i1 - 1) * BN, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
-                v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
-            )  # fmt: skip
+        r0 = (tok0 % P) // 4
+        kb = tl.load(k_base + pg * s_klp + (r0 + rr)[:, None] * s_klr + d[None, :])  # (R, D) uint8
+        sc, zr, s0t, z0t, s1t, z1t = sc_n, zr_n, s0_n, z0_n, s1_n, z1_n
+        sc_n, zr_n, s0_n, z0_n, s1_n, z1_n = _scales(
+            tl.minimum(i + 1, i1 - 1) * BN,
+            KSC + ks_base,
+            KZR + ks_base,
+            s_ksp,
+            v_sc,
+            v_zr,
+            s_vst,
+            P,
+            D,
+            BN,
+            VBOOST,
+        )
+        s0q = _split4(s0t, R)
+        z0q = _split4(z0t, R)
+        if VBOOST:
+            s1q = _split4(s1t, R)
+            z1q = _split4(z1t, R)
         else:
-            kb_c, vb_c, sc_c, zr_c, s0_c, z0_c, bh_c, s1_c, z1_c = _load_tile(
-                tok0, k_base, s_klp, s_klr, KSC + ks_base, KZR + ks_base, s_ksp,
-                v_lo, s_vlt, v_sc, v_zr, s_vst, v_hi, s_vht, vhm, P, R, D, NBQ, VBOOST,
-            )  # fmt: skip
-        qs = (qf * sc_c.to(tl.float32)[None, :]).to(tl.float16)
-        bias = tl.sum(qf * zr_c.to(tl.float32)[None, :], axis=1)
+            s1q = s0q
+            z1q = z0q
+        qs = (qf * sc[None, :]).to(tl.float16)
+        rq = 1024.0 * tl.sum(qs.to(tl.float32), axis=1)
+        bias = tl.sum(qf * zr[None, :], axis=1)
         if KBOOST:
-            r0 = (tok0 % P) // 4
             kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=sb < NB, other=0).to(tl.int32)
             ksc_h = tl.load(KSC + ks_base + pg * s_ksp + kid).to(tl.float32)
             qg = tl.load(q_ptr + kid[None, :], mask=(m_ar[:, None] < GQ) & (sb[None, :] < NB), other=0.0)
             qh = (qg.to(tl.float32) * (4.0 * qk_scale) * ksc_h[None, :]).to(tl.float16)  # (BM, NBP)
+            rh = 1024.0 * tl.sum(qh.to(tl.float32), axis=1)
             hb = tl.load(
                 KHI + b * s_khb + h * s_khh + pg * s_khp + (r0 + rr)[:, None] * s_khr + sb[None, :],
                 mask=sb[None, :] < NB,
@@ -208,84 +287,88 @@ def _page_kernel(
             )  # (R, NBP) uint8
         else:
             qh = qs
-            hb = kb_c
-        s_0 = _kscore(qs, kb_c, qh, hb, bias, 0, KBOOST, ASM)
-        s_1 = _kscore(qs, kb_c, qh, hb, bias, 1, KBOOST, ASM)
-        s_2 = _kscore(qs, kb_c, qh, hb, bias, 2, KBOOST, ASM)
-        s_3 = _kscore(qs, kb_c, qh, hb, bias, 3, KBOOST, ASM)
-        mx = tl.maximum(
-            tl.maximum(tl.max(s_0, 1), tl.max(s_1, 1)), tl.maximum(tl.max(s_2, 1), tl.max(s_3, 1))
-        )
-        m_new = tl.maximum(m_i, mx)
+            rh = rq
+            hb = kb
+        s_0 = _kscore(qs, rq, kb, qh, rh, hb, bias, 0, KBOOST, ASM)
+        s_1 = _kscore(qs, rq, kb, qh, rh, hb, bias, 1, KBOOST, ASM)
+        s_2 = _kscore(qs, rq, kb, qh, rh, hb, bias, 2, KBOOST, ASM)
+        s_3 = _kscore(qs, rq, kb, qh, rh, hb, bias, 3, KBOOST, ASM)
+        m_new = tl.maximum(m_i, tl.max(tl.maximum(tl.maximum(s_0, s_1), tl.maximum(s_2, s_3)), 1))
         alpha = tl.math.exp2(m_i - m_new)
-        p = _interleave4(
-            tl.math.exp2(s_0 - m_new[:, None]),
-            tl.math.exp2(s_1 - m_new[:, None]),
-            tl.math.exp2(s_2 - m_new[:, None]),
-            tl.math.exp2(s_3 - m_new[:, None]),
-            BM,
-            R,
-        )  # (BM, BN), token order
-        l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-        ps = (p * s0_c.to(tl.float32)[None, :]).to(tl.float16)
-        c0 = _codes(vb_c, 0, ASM)
-        c1 = _codes(vb_c, 1, ASM)
-        c2 = _codes(vb_c, 2, ASM)
-        c3 = _codes(vb_c, 3, ASM)
-        acc0 = acc0 * alpha[:, None] + tl.dot(ps, c0)
-        acc1 = acc1 * alpha[:, None] + tl.dot(ps, c1)
-        acc2 = acc2 * alpha[:, None] + tl.dot(ps, c2)
-        acc3 = acc3 * alpha[:, None] + tl.dot(ps, c3)
-        zs0 = zs0 * alpha + tl.sum(p * z0_c.to(tl.float32)[None, :], axis=1)
+        a0 *= alpha[:, None]
+        a1 *= alpha[:, None]
+        a2 *= alpha[:, None]
+        a3 *= alpha[:, None]
+        l_a *= alpha[:, None]
+        c0_a *= alpha[:, None]
+        z0_a *= alpha[:, None]
         if VBOOST:
-            p1 = p * s1_c.to(tl.float32)[None, :]
-            ps1 = p1.to(tl.float16)
-            a1_0 = a1_0 * alpha[:, None] + tl.dot(ps1, c0)
-            a1_1 = a1_1 * alpha[:, None] + tl.dot(ps1, c1)
-            a1_2 = a1_2 * alpha[:, None] + tl.dot(ps1, c2)
-            a1_3 = a1_3 * alpha[:, None] + tl.dot(ps1, c3)
-            hc = _interleave4(
-                _codes(bh_c, 0, False),
-                _codes(bh_c, 1, False),
-                _codes(bh_c, 2, False),
-                _codes(bh_c, 3, False),
-                BN,
-                NBQ,
-            )  # (BN, 4 NBQ) hi codes in slot order
-            accb = accb * alpha[:, None] + tl.dot(ps1, hc)
-            zs1 = zs1 * alpha + tl.sum(p * z1_c.to(tl.float32)[None, :], axis=1)
+            b0 *= alpha[:, None]
+            b1 *= alpha[:, None]
+            b2 *= alpha[:, None]
+            b3 *= alpha[:, None]
+            accb *= alpha[:, None]
+            c1_a *= alpha[:, None]
+            z1_a *= alpha[:, None]
+        for j in tl.static_range(4):
+            if j == 0:
+                s_j = s_0
+            elif j == 1:
+                s_j = s_1
+            elif j == 2:
+                s_j = s_2
+            else:
+                s_j = s_3
+            t = tok0 + 4 * rr + j  # (R,) the sub-tile's tokens
+            vb = tl.load(v_lo + t[:, None] * s_vlt + cb[None, :])  # (R, D/4) uint8
+            s0 = s0q[j]
+            z0 = z0q[j]
+            s1 = s1q[j]
+            z1 = z1q[j]
+            if VBOOST:
+                bhv = tl.load(v_hi + t[:, None] * s_vht + sq[None, :], mask=vhm, other=0)  # (R, NBQ)
+            else:
+                bhv = vb
+            a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a = _pv(
+                tl.math.exp2(s_j - m_new[:, None]), s0, z0, s1, z1, vb, bhv,
+                a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a, R, NBQ, VBOOST, ASM,
+            )  # fmt: skip
+    l_i = tl.sum(l_a, 1)
+    c0 = 1024.0 * tl.sum(c0_a, 1)  # the raw codes' offset: 1024 * sum fp16(p s0)
+    zs0 = tl.sum(z0_a, 1)
     o_base = (bh * NSLOT + split) * GQ
     o_pp = O_ACC + (o_base + m_ar)[:, None] * D
     om = m_ar[:, None] < GQ
     if VBOOST:
+        c1 = 1024.0 * tl.sum(c1_a, 1)
+        zs1 = tl.sum(z1_a, 1)
         sv = tl.arange(0, 4 * NBQ)
         vid = tl.load(VIDX + h * NB + sv, mask=sv < NB, other=-1).to(tl.int32)
-        xb = 4.0 * accb + zs1[:, None]  # (BM, 4 NBQ) boosted channels' hi part + zeros, slot order
-        for k in tl.static_range(4):
-            if k == 0:
-                a = acc0
-                a1 = a1_0
-            elif k == 1:
-                a = acc1
-                a1 = a1_1
-            elif k == 2:
-                a = acc2
-                a1 = a1_2
-            else:
-                a = acc3
-                a1 = a1_3
-            ch = 4 * cb + k
+        fs = 4.0 / (1 << (2 * (sv % 4))).to(tl.float32)  # slot 4c+j: 4 * 4^-j
+        xb = (accb - c1[:, None]) * fs[None, :] + zs1[:, None]  # (BM, 4 NBQ) hi part + zeros, slot order
+    for k in tl.static_range(4):
+        if k == 0:
+            a = a0
+            a1_ = b0
+        elif k == 1:
+            a = a1
+            a1_ = b1
+        elif k == 2:
+            a = a2
+            a1_ = b2
+        else:
+            a = a3
+            a1_ = b3
+        inv = 1.0 / (1 << (2 * k))
+        out = (a - c0[:, None]) * inv + zs0[:, None]
+        ch = 4 * cb + k
+        if VBOOST:
             hit = (vid[:, None] == ch[None, :]).to(tl.float32)  # (4 NBQ, D/4) slot -> channel
             isb = tl.sum(hit, axis=0) > 0
-            hi = tl.dot(xb, hit, input_precision="ieee")  # (BM, D/4), exact: one 1 per column
-            out = tl.where(isb[None, :], a1 + hi, a + zs0[:, None])
-            tl.store(o_pp + ch[None, :], out, mask=om)
-    else:
-        tl.store(o_pp + 4 * cb[None, :], acc0 + zs0[:, None], mask=om)
-        tl.store(o_pp + 4 * cb[None, :] + 1, acc1 + zs0[:, None], mask=om)
-        tl.store(o_pp + 4 * cb[None, :] + 2, acc2 + zs0[:, None], mask=om)
-        tl.store(o_pp + 4 * cb[None, :] + 3, acc3 + zs0[:, None], mask=om)
+            hi = tl.dot(xb, hit, input_precision="ieee")  # (BM, D/4), exact: at most one 1 per column
+            out = tl.where(isb[None, :], (a1_ - c1[:, None]) * inv + hi, out)
+        tl.store(o_pp + ch[None, :], out, mask=om)
     tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
 
@@ -539,7 +622,6 @@ def decode_attention(
     num_stages: int | None = None,
     use_asm: bool | None = None,
     waves: float = 4.0,
-    prefetch: bool = False,
     maxnreg: int | None = None,
     overlap: bool = True,
 ) -> torch.Tensor:
@@ -550,7 +632,7 @@ def decode_attention(
     q's dtype. ``max_tiles`` (host int) bounds the 64-token page tiles per row, for the split count
     only (default: read from ``st``, a device sync). ``tile_rows`` R: page tiles of 4R tokens (16,
     32 or 64; default 32 when the page size allows, else 16). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
-    page programs per SM the split count aims at. ``prefetch``: load tile i+1 into registers while computing i (else Triton's pipeliner, ``num_stages``).
+    page programs per SM the split count aims at.
     ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
     values, none with them, 0 for none). ``num_stages``: default 2 (3 with boosted values). The
     defaults are the fastest of the H200 sweep in ``benchmarks/results/tune_decode_attention_h200.json``. ``overlap``: on CUDA, run
@@ -667,8 +749,8 @@ def decode_attention(
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, NBP // 4),
-            KBOOST=kboost, VBOOST=vboost, ASM=asm, PREFETCH=prefetch,
+            GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, triton.next_power_of_2(-(-nb // 4))),
+            KBOOST=kboost, VBOOST=vboost, ASM=asm,
             num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
         )  # fmt: skip
     if side is not None:

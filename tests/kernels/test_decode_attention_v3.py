@@ -22,19 +22,19 @@ _check = partial(check_attention, decode_attention)
 
 
 @pytest.mark.parametrize(
-    "method,dtype,D,G,R,prefetch",
+    "method,dtype,D,G,R",
     [
-        ("kivi", torch.float16, 64, 4, 16, True),
-        ("kivi", torch.bfloat16, 128, 1, 32, False),
-        ("kitty", torch.bfloat16, 64, 3, 16, True),
-        ("kitty", torch.float16, 128, 8, 32, True),
-        ("static", torch.float16, 64, 8, 32, True),
-        ("static", torch.bfloat16, 128, 4, 16, False),
-        ("static", torch.bfloat16, 64, 4, 64, True),
-        ("static_keys", torch.bfloat16, 64, 1, 16, True),
+        ("kivi", torch.float16, 64, 4, 16),
+        ("kivi", torch.bfloat16, 128, 1, 32),
+        ("kitty", torch.bfloat16, 64, 3, 16),
+        ("kitty", torch.float16, 128, 8, 32),
+        ("static", torch.float16, 64, 8, 32),
+        ("static", torch.bfloat16, 128, 4, 16),
+        ("static", torch.bfloat16, 64, 4, 64),
+        ("static_keys", torch.bfloat16, 64, 1, 16),
     ],
 )
-def test_v3_matches_reference(method, dtype, D, G, R, prefetch, device):
+def test_v3_matches_reference(method, dtype, D, G, R, device):
     """Ragged rows over every region (sink only, sink+buffer, pages+window, several page tiles)."""
     _check(
         _cfg(method, **PAPER),
@@ -46,7 +46,6 @@ def test_v3_matches_reference(method, dtype, D, G, R, prefetch, device):
         device=device,
         n_splits=2,
         tile_rows=R,
-        prefetch=prefetch,
     )
 
 
