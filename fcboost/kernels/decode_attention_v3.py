@@ -51,11 +51,13 @@ def _asm(j: int) -> str:
 
 
 def _asm_raw(j: int) -> str:
-    """PTX: 4 packed uint8 ($2) -> 4 fp16 ``1024 + (byte & (3 << 2j))`` in $0 (elements 0, 1), $1 (2, 3)."""
+    """PTX: 4 packed uint8 ($2) -> 4 fp16 *subnormals* ``(byte & (3 << 2j)) * 2^-24`` in $0 (elements
+    0, 1), $1 (2, 3): the masked byte becomes a half's mantissa under a zero exponent (exact, and no
+    offset for the tensor cores' accumulation to lose precision on)."""
     return (
-        "{ .reg .b32 t, m;\n"
-        f"mov.b32 m, 0x64646464;\nand.b32 t, $2, {hex(0x03030303 << (2 * j))};\n"
-        "prmt.b32 $0, t, m, 0x4140;\nprmt.b32 $1, t, m, 0x4342; }"
+        "{ .reg .b32 t, z;\nmov.b32 z, 0;\n"
+        f"and.b32 t, $2, {hex(0x03030303 << (2 * j))};\n"
+        "prmt.b32 $0, t, z, 0x4140;\nprmt.b32 $1, t, z, 0x4342; }"
     )
 
 
@@ -88,8 +90,9 @@ def _codes(x, J: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _raw(x, J: tl.constexpr, ASM: tl.constexpr):
-    """uint8 tensor -> fp16 ``1024 + (x & (3 << 2J))`` = 1024 + code * 4^J (exact); callers remove the
-    1024 offset with a row sum and the 4^J scale after the dot (saves the fma of :func:`_codes`)."""
+    """uint8 tensor -> fp16 ``(x & (3 << 2J)) * U`` = code * 4^J * U, exact, with ``U`` = :func:`_unit`:
+    2^-24 on the inline-PTX path (subnormal halves, 3 instructions per 4 codes), 1 otherwise. Callers
+    scale the dot products by ``4^-J / U``."""
     if ASM:
         if J == 0:
             c = tl.inline_asm_elementwise(RAW0, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
@@ -100,8 +103,18 @@ def _raw(x, J: tl.constexpr, ASM: tl.constexpr):
         else:
             c = tl.inline_asm_elementwise(RAW3, "=r,=r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
     else:
-        c = ((x & (3 << (2 * J))).to(tl.int32) + 1024).to(tl.float16)
+        c = (x & (3 << (2 * J))).to(tl.float16)
     return c
+
+
+@triton.jit
+def _unit(ASM: tl.constexpr):
+    """1 / U of :func:`_raw`: the factor that turns its dot products back into code units."""
+    if ASM:
+        u: tl.constexpr = 16777216.0
+    else:
+        u: tl.constexpr = 1.0
+    return u
 
 
 @triton.jit
@@ -111,31 +124,29 @@ def _interleave4(x0, x1, x2, x3, M: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def _kscore(qs, rq, kb, qh, rh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr, ASM: tl.constexpr):
-    """Scores (BM, R) of the sub-tile of tokens 4r+J (log2 units); ``rq``/``rh``: 1024 * row sums
-    of the fp16 operands ``qs``/``qh`` (the raw codes' offset)."""
-    inv: tl.constexpr = 1.0 / (1 << (2 * J))
-    s = (tl.dot(qs, tl.trans(_raw(kb, J, ASM))) - rq[:, None]) * inv + bias[:, None]
+def _kscore(qs, kb, qh, hb, bias, J: tl.constexpr, KBOOST: tl.constexpr, ASM: tl.constexpr):
+    """Scores (BM, R) of the sub-tile of tokens 4r+J (log2 units)."""
+    f = _unit(ASM) / (1 << (2 * J))
+    s = tl.dot(qs, tl.trans(_raw(kb, J, ASM))) * f + bias[:, None]
     if KBOOST:
-        s += (tl.dot(qh, tl.trans(_raw(hb, J, ASM))) - rh[:, None]) * inv
+        s += tl.dot(qh, tl.trans(_raw(hb, J, ASM))) * f
     return s
 
 
 @triton.jit
-def _pv(p, s0, z0, s1, z1, vb, bhv, a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a,
+def _pv(p, s0, z0, s1, z1, vb, bhv, a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, z0_a, z1_a,
         R: tl.constexpr, NBQ: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
     """One sub-tile's P.V: p (BM, R) probabilities of tokens 4r+j, s0/z0 (R,) their value scales
     and zeros (s1/z1 group 1), vb (R, D/4) their value bytes (bhv (R, NBQ) hi bytes). Accumulates
     raw-code dots into a0..a3 (b0..b3 and, in slot order, accb for the boosted group) and per-column
     partial sums (reduced
-    over the row once, after the loop): l_a = sum p, c0_a = sum fp16(p s0), z0_a = sum p z0."""
+    over the row once, after the loop): l_a = sum p, z0_a = sum p z0 (z1_a: group 1)."""
     ps = (p * s0[None, :]).to(tl.float16)
     a0 = tl.dot(ps, _raw(vb, 0, ASM), a0)
     a1 = tl.dot(ps, _raw(vb, 1, ASM), a1)
     a2 = tl.dot(ps, _raw(vb, 2, ASM), a2)
     a3 = tl.dot(ps, _raw(vb, 3, ASM), a3)
     l_a += p
-    c0_a += ps.to(tl.float32)
     z0_a += p * z0[None, :]
     if VBOOST:
         ps1 = (p * s1[None, :]).to(tl.float16)
@@ -144,10 +155,9 @@ def _pv(p, s0, z0, s1, z1, vb, bhv, a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c
         b2 = tl.dot(ps1, _raw(vb, 2, ASM), b2)
         b3 = tl.dot(ps1, _raw(vb, 3, ASM), b3)
         hc = _interleave4(_raw(bhv, 0, ASM), _raw(bhv, 1, ASM), _raw(bhv, 2, ASM), _raw(bhv, 3, ASM), R, NBQ)
-        accb = tl.dot(ps1, hc, accb)  # (BM, 4 NBQ): slot 4c+j holds 1024 + hi * 4^j raw sums
-        c1_a += ps1.to(tl.float32)
+        accb = tl.dot(ps1, hc, accb)  # (BM, 4 NBQ): slot 4c+j holds sums of hi * 4^j * U
         z1_a += p * z1[None, :]
-    return a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a
+    return a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, z0_a, z1_a
 
 
 @triton.jit
@@ -222,13 +232,11 @@ def _page_kernel(
     a2 = tl.zeros((BM, D4), tl.float32)
     a3 = tl.zeros((BM, D4), tl.float32)
     l_a = tl.zeros((BM, R), tl.float32)  # per-column partial sums, rescaled like the accumulators
-    c0_a = tl.zeros((BM, R), tl.float32)
     z0_a = tl.zeros((BM, R), tl.float32)
     b0 = a0
     b1 = a0
     b2 = a0
     b3 = a0
-    c1_a = l_a
     z1_a = l_a
     accb = tl.zeros((BM, 4 * NBQ), tl.float32)
     k_base = KLO + b * s_klb + h * s_klh
@@ -272,14 +280,12 @@ def _page_kernel(
             s1q = s0q
             z1q = z0q
         qs = (qf * sc[None, :]).to(tl.float16)
-        rq = 1024.0 * tl.sum(qs.to(tl.float32), axis=1)
         bias = tl.sum(qf * zr[None, :], axis=1)
         if KBOOST:
             kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=sb < NB, other=0).to(tl.int32)
             ksc_h = tl.load(KSC + ks_base + pg * s_ksp + kid).to(tl.float32)
             qg = tl.load(q_ptr + kid[None, :], mask=(m_ar[:, None] < GQ) & (sb[None, :] < NB), other=0.0)
             qh = (qg.to(tl.float32) * (4.0 * qk_scale) * ksc_h[None, :]).to(tl.float16)  # (BM, NBP)
-            rh = 1024.0 * tl.sum(qh.to(tl.float32), axis=1)
             hb = tl.load(
                 KHI + b * s_khb + h * s_khh + pg * s_khp + (r0 + rr)[:, None] * s_khr + sb[None, :],
                 mask=sb[None, :] < NB,
@@ -287,12 +293,11 @@ def _page_kernel(
             )  # (R, NBP) uint8
         else:
             qh = qs
-            rh = rq
             hb = kb
-        s_0 = _kscore(qs, rq, kb, qh, rh, hb, bias, 0, KBOOST, ASM)
-        s_1 = _kscore(qs, rq, kb, qh, rh, hb, bias, 1, KBOOST, ASM)
-        s_2 = _kscore(qs, rq, kb, qh, rh, hb, bias, 2, KBOOST, ASM)
-        s_3 = _kscore(qs, rq, kb, qh, rh, hb, bias, 3, KBOOST, ASM)
+        s_0 = _kscore(qs, kb, qh, hb, bias, 0, KBOOST, ASM)
+        s_1 = _kscore(qs, kb, qh, hb, bias, 1, KBOOST, ASM)
+        s_2 = _kscore(qs, kb, qh, hb, bias, 2, KBOOST, ASM)
+        s_3 = _kscore(qs, kb, qh, hb, bias, 3, KBOOST, ASM)
         m_new = tl.maximum(m_i, tl.max(tl.maximum(tl.maximum(s_0, s_1), tl.maximum(s_2, s_3)), 1))
         alpha = tl.math.exp2(m_i - m_new)
         m_i = m_new
@@ -301,7 +306,6 @@ def _page_kernel(
         a2 *= alpha[:, None]
         a3 *= alpha[:, None]
         l_a *= alpha[:, None]
-        c0_a *= alpha[:, None]
         z0_a *= alpha[:, None]
         if VBOOST:
             b0 *= alpha[:, None]
@@ -309,7 +313,6 @@ def _page_kernel(
             b2 *= alpha[:, None]
             b3 *= alpha[:, None]
             accb *= alpha[:, None]
-            c1_a *= alpha[:, None]
             z1_a *= alpha[:, None]
         for j in tl.static_range(4):
             if j == 0:
@@ -330,23 +333,21 @@ def _page_kernel(
                 bhv = tl.load(v_hi + t[:, None] * s_vht + sq[None, :], mask=vhm, other=0)  # (R, NBQ)
             else:
                 bhv = vb
-            a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a = _pv(
+            a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, z0_a, z1_a = _pv(
                 tl.math.exp2(s_j - m_new[:, None]), s0, z0, s1, z1, vb, bhv,
-                a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, c0_a, z0_a, c1_a, z1_a, R, NBQ, VBOOST, ASM,
+                a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, z0_a, z1_a, R, NBQ, VBOOST, ASM,
             )  # fmt: skip
     l_i = tl.sum(l_a, 1)
-    c0 = 1024.0 * tl.sum(c0_a, 1)  # the raw codes' offset: 1024 * sum fp16(p s0)
     zs0 = tl.sum(z0_a, 1)
     o_base = (bh * NSLOT + split) * GQ
     o_pp = O_ACC + (o_base + m_ar)[:, None] * D
     om = m_ar[:, None] < GQ
     if VBOOST:
-        c1 = 1024.0 * tl.sum(c1_a, 1)
         zs1 = tl.sum(z1_a, 1)
         sv = tl.arange(0, 4 * NBQ)
         vid = tl.load(VIDX + h * NB + sv, mask=sv < NB, other=-1).to(tl.int32)
-        fs = 4.0 / (1 << (2 * (sv % 4))).to(tl.float32)  # slot 4c+j: 4 * 4^-j
-        xb = (accb - c1[:, None]) * fs[None, :] + zs1[:, None]  # (BM, 4 NBQ) hi part + zeros, slot order
+        fs = 4.0 * _unit(ASM) / (1 << (2 * (sv % 4))).to(tl.float32)  # slot 4c+j: 4 * 4^-j / U
+        xb = accb * fs[None, :] + zs1[:, None]  # (BM, 4 NBQ) hi part + zeros, slot order
     for k in tl.static_range(4):
         if k == 0:
             a = a0
@@ -360,14 +361,14 @@ def _page_kernel(
         else:
             a = a3
             a1_ = b3
-        inv = 1.0 / (1 << (2 * k))
-        out = (a - c0[:, None]) * inv + zs0[:, None]
+        f = _unit(ASM) / (1 << (2 * k))
+        out = a * f + zs0[:, None]
         ch = 4 * cb + k
         if VBOOST:
             hit = (vid[:, None] == ch[None, :]).to(tl.float32)  # (4 NBQ, D/4) slot -> channel
             isb = tl.sum(hit, axis=0) > 0
             hi = tl.dot(xb, hit, input_precision="ieee")  # (BM, D/4), exact: at most one 1 per column
-            out = tl.where(isb[None, :], (a1_ - c1[:, None]) * inv + hi, out)
+            out = tl.where(isb[None, :], a1_ * f + hi, out)
         tl.store(o_pp + ch[None, :], out, mask=om)
     tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
@@ -634,7 +635,7 @@ def decode_attention(
     32 or 64; default 32 when the page size allows, else 16). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
     page programs per SM the split count aims at.
     ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
-    values, none with them, 0 for none). ``num_stages``: default 2 (3 with boosted values). The
+    values, none with them, 0 for none). ``num_stages``: default 3. The
     defaults are the fastest of the H200 sweep in ``benchmarks/results/tune_decode_attention_h200.json``. ``overlap``: on CUDA, run
     the rest kernel on a side stream beside the page kernel.
     """
@@ -689,7 +690,7 @@ def decode_attention(
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
     if num_stages is None:
-        num_stages = 3 if vboost else 2
+        num_stages = 3
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
     o_m = torch.empty(B * H, nslot, GQ, dtype=torch.float32, device=q.device)
     o_l = torch.empty_like(o_m)
