@@ -223,7 +223,8 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=1e9, help="start no new run after this many seconds")
     ap.add_argument("--caches", nargs="+", default=["static_bf16", "dynamic", "kivi", "kitty", "static"])
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--big-steps", type=int, default=24, help="steps for batches above 64 rows")
+    ap.add_argument("--big-steps", type=int, default=24, help="steps for batches above --big-batch rows")
+    ap.add_argument("--big-batch", type=int, default=64)
     ap.add_argument("--prev", help="JSON of an earlier run: its successful runs are kept and not repeated")
     ap.add_argument("--kernel-sweep", action="store_true", help="time decode_attention alone vs n_splits")
     args = ap.parse_args()
@@ -313,7 +314,7 @@ def main() -> None:
                 steps = min(args.steps, args.dynamic_steps)
                 rec.update(run_dynamic(model, L, B, steps), steps=steps)
             else:
-                steps = args.steps if B <= 64 else min(args.steps, args.big_steps)
+                steps = args.steps if B <= args.big_batch else min(args.steps, args.big_steps)
                 rec.update(run_ours(model, kind, L, B, steps, mask, args.prefill_chunk), steps=steps)
             rec["tokens_per_s"] = 1e3 * B / rec["ms_per_step"]
             rec["peak_gib"] = torch.cuda.max_memory_allocated() / GiB
