@@ -1,4 +1,4 @@
-"""Drive the v3 decode-attention kernels for an Nsight Compute profile (one shape, one method).
+"""Drive the decode-attention kernels for an Nsight Compute profile (one shape, one method).
 
 ncu --launch-skip 3 --launch-count 3 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
 """
@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from fcboost.kernels import decode_attention_v3 as v3
+from fcboost.kernels.decode_attention import decode_attention
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 
@@ -31,5 +31,5 @@ if __name__ == "__main__":
     q = torch.randn(B, 32, 128, device=dev, dtype=torch.bfloat16)
     kn, vn = (torch.randn(B, 8, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
-        v3.decode_attention(q, st, 128**-0.5, kn, vn, **kw)
+        decode_attention(q, st, 128**-0.5, kn, vn, **kw)
     torch.cuda.synchronize()

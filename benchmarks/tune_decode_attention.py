@@ -1,9 +1,8 @@
-"""Sweep the v3 fused decode-attention kernel's configurations on a GPU; write JSON.
+"""Sweep the fused decode-attention kernel's configurations on a GPU; write JSON.
 
 For each shape and method: correctness of every variant against the PyTorch reference, then the
 median time of one call captured in a CUDA graph (what the decode loop replays; launch overhead
-excluded, L2 flushed between replays by do_bench). v2's best earlier configuration and bf16 SDPA
-are timed the same way in the same run. Imports only torch, triton and fcboost.
+excluded, L2 flushed between replays by do_bench). bf16 SDPA is timed the same way in the same run. Imports only torch, triton and fcboost.
 
     python benchmarks/tune_decode_attention.py --out tune.json [--shapes 8x32768,1x32768]
 """
@@ -20,10 +19,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from fcboost.kernels import decode_attention_v2 as v2
-from fcboost.kernels import decode_attention_v3 as v3
-from fcboost.kernels.decode_attention import _sm_count, decode_attention_reference
+from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.state import random_state
+from fcboost.kernels.timing import graph_us
 from fcboost.quant.config import KVQuantConfig
 
 HQ, HKV, D = 32, 8, 128
@@ -32,33 +30,16 @@ METHODS = {
     "kitty16": KVQuantConfig.kitty(n_boost=16),
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
-# (tile_rows, num_warps, prefetch, num_stages, waves)
-VARIANTS = [  # (tile_rows, num_warps, prefetch, num_stages, waves, maxnreg)
-    (32, 4, False, 2, 8, None),
-    (32, 4, False, 2, 4, None),
-    (32, 4, False, 3, 8, None),
-    (32, 4, False, 2, 8, 168),
-    (32, 4, False, 2, 8, 128),
-    (32, 4, False, 3, 8, 168),
-    (32, 4, False, 2, 16, 168),
-    (32, 4, True, 1, 8, 168),
-    (32, 4, False, 2, 2, None),
+VARIANTS = [  # (tile_rows, num_warps, num_stages, waves, maxnreg; 0 = no cap, None = the default)
+    (32, 4, 3, 4, None),
+    (32, 4, 2, 4, None),
+    (32, 4, 3, 8, None),
+    (32, 4, 3, 2, None),
+    (32, 4, 3, 4, 0),
+    (32, 4, 3, 4, 168),
+    (16, 4, 3, 4, None),
+    (32, 8, 3, 4, None),
 ]
-
-
-def graph_us(fn, rep_ms: int = 100) -> float:
-    """Median us of one ``fn()`` replayed from a CUDA graph (warm-up and compile excluded)."""
-    fn()
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return 1e3 * triton.testing.do_bench(g.replay, warmup=25, rep=rep_ms, return_mode="median")
 
 
 def rel(a, ref) -> float:
@@ -84,11 +65,11 @@ def main() -> None:
             kn, vn = (torch.randn(len(lengths), HKV, D, device=dev, dtype=dt) for _ in range(2))
             ref = decode_attention_reference(q, st, scaling, kn, vn)
             errs = {}
-            for tr, nw, pf, nst, waves, mr in VARIANTS[:1] + VARIANTS[3:5]:
+            for tr, nw, nst, waves, mr in VARIANTS:
                 for asm in (True, False):
-                    o = v3.decode_attention(q, st, scaling, kn, vn, tile_rows=tr, num_warps=nw, prefetch=pf,
-                                            num_stages=nst, waves=waves, use_asm=asm, maxnreg=mr)  # fmt: skip
-                    errs[f"R{tr}_w{nw}_pf{int(pf)}_s{nst}_r{mr}_asm{int(asm)}"] = rel(o, ref)
+                    o = decode_attention(q, st, scaling, kn, vn, tile_rows=tr, num_warps=nw, num_stages=nst,
+                                         waves=waves, use_asm=asm, maxnreg=mr)  # fmt: skip
+                    errs[f"R{tr}_w{nw}_s{nst}_wv{waves}_r{mr}_asm{int(asm)}"] = rel(o, ref)
             worst = max(errs.values())
             res["correctness"].append(
                 {"method": name, "dtype": str(dt), "worst_rel_l2": worst, "rel_l2": errs}
@@ -112,27 +93,21 @@ def main() -> None:
             ref = decode_attention_reference(q, st, scaling, kn, vn)
             mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
             m = {"bytes": st.nbytes_read(), "variants": {}}
-            ns2 = v2.n_splits_v2(B, HKV, mt * 64 // 128, _sm_count(dev), 4)
-            f2 = partial(
-                v2.decode_attention, q, st, scaling, kn, vn, n_splits=ns2, tile_rows=32, max_tiles=mt
-            )
-            m["v2_us"] = graph_us(f2)
-            m["v2_rel_l2"] = rel(f2(), ref)
-            for tr, nw, pf, nst, waves, mr in VARIANTS:
-                key = f"R{tr}_w{nw}_pf{int(pf)}_s{nst}_wv{waves}_r{mr}"
+            for tr, nw, nst, waves, mr in VARIANTS:
+                key = f"R{tr}_w{nw}_s{nst}_wv{waves}_r{mr}"
                 try:
-                    f3 = partial(v3.decode_attention, q, st, scaling, kn, vn, tile_rows=tr, max_tiles=mt, num_warps=nw,
-                                 prefetch=pf, num_stages=nst, waves=waves, maxnreg=mr)  # fmt: skip
+                    f3 = partial(decode_attention, q, st, scaling, kn, vn, tile_rows=tr, max_tiles=mt, num_warps=nw,
+                                 num_stages=nst, waves=waves, maxnreg=mr)  # fmt: skip
                     m["variants"][key] = {"us": graph_us(f3), "rel_l2": rel(f3(), ref)}
                 except Exception as e:
                     m["variants"][key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             ok = {k: v for k, v in m["variants"].items() if v.get("rel_l2", 1) < 1e-2}
             best = min(ok, key=lambda k: ok[k]["us"])
             m.update(best=best, us=ok[best]["us"], speedup_vs_sdpa=sdpa / ok[best]["us"],
-                     GBps=m["bytes"] / ok[best]["us"] / 1e3, speedup_vs_v2=m["v2_us"] / ok[best]["us"])  # fmt: skip
+                     GBps=m["bytes"] / ok[best]["us"] / 1e3)  # fmt: skip
             row["methods"][name] = m
-            print(f"  {name}: v3 {m['us']:.1f} us ({best}) {m['GBps']:.0f} GB/s {m['speedup_vs_sdpa']:.2f}x sdpa, "
-                  f"v2 {m['v2_us']:.1f} us | " + " ".join(f"{k}={v.get('us', -1):.0f}" for k, v in m["variants"].items()),
+            print(f"  {name}: {m['us']:.1f} us ({best}) {m['GBps']:.0f} GB/s {m['speedup_vs_sdpa']:.2f}x sdpa | "
+                  + " ".join(f"{k}={v.get('us', -1):.0f}" for k, v in m["variants"].items()),
                   flush=True)  # fmt: skip
             del st
             torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ Importing this module registers ``fcboost_fused`` in ``AttentionInterface`` (and
 
 - decode (query length 1): the layer's packed state (:meth:`QuantizedLayer.fused_state`, found by
   ``module.layer_idx`` in the registry the layer's update fills) plus the new token's 16-bit key and
-  value go through :func:`fcboost.kernels.decode_attention_v3.decode_attention`;
+  value go through :func:`fcboost.kernels.decode_attention.decode_attention`;
 - prefill (and any call without a fused-path layer): SDPA on the key/value the cache returned.
 
 Example::
@@ -24,7 +24,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from fcboost.kernels.decode_attention_v3 import decode_attention
+from fcboost.kernels.decode_attention import decode_attention
 from fcboost.kernels.state import active_layer
 
 NAME = "fcboost_fused"

@@ -1,10 +1,10 @@
 """Benchmark the fused decode attention and quantize-and-pack kernels on a GPU; write JSON.
 
-Correctness first (the fused kernel v3 vs the PyTorch reference on fresh random ragged packed
+Correctness first (the fused kernel vs the PyTorch reference on fresh random ragged packed
 states, every method, fp16 and bf16, inline-PTX unpacking on and off), then median timings of
 one call replayed from a CUDA graph (what the decode loop does; warm-up excluded, L2 flushed by
 do_bench) of: the fused kernel per method (a few configurations, the fastest correct one
-reported), the previous kernel v2, the reference read path (dequantize + SDPA), bf16 SDPA on an
+reported), the reference read path (dequantize + SDPA), bf16 SDPA on an
 unquantized cache and a device copy (the bandwidth ceiling); then the pack kernels at batch 64.
 Imports only torch, triton and fcboost.
 
@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from fcboost.kernels import decode_attention_v2 as v2
-from fcboost.kernels.decode_attention import _sm_count, decode_attention_reference
-from fcboost.kernels.decode_attention_v3 import decode_attention
+from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.quant_pack import pack_key_pages, pack_values
 from fcboost.kernels.state import random_state
+from fcboost.kernels.timing import bench_us, graph_us
 from fcboost.quant.config import KVQuantConfig
 
 HQ, HKV, D = 32, 8, 128  # Qwen3-8B attention shape
@@ -38,34 +37,15 @@ METHODS = {
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
 SHAPES = [(1, 32768), (8, 32768), (32, 8192), (64, 4096), (8, 131072)]
-# v3 configurations timed per (shape, method): defaults, then (waves, num_stages, maxnreg) overrides
+# kernel configurations timed per (shape, method): defaults, then (waves, num_stages, maxnreg) overrides
 CONFIGS = {"default": {}, "wv8": {"waves": 8.0}, "s2": {"num_stages": 2}}
-
-
-def bench(fn, rep_ms: int = 100) -> float:
-    """Median microseconds of ``fn`` (do_bench: warm-up excluded, L2 flushed between runs)."""
-    return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
-
-
-def graph_us(fn, rep_ms: int = 100) -> float:
-    """Median microseconds of one ``fn()`` replayed from a CUDA graph (launch overhead excluded)."""
-    fn()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay, rep_ms)
 
 
 def copy_bandwidth(dev) -> dict:
     n = 1 << 30  # 1 GiB each way
     a = torch.empty(n, dtype=torch.uint8, device=dev).random_(0, 255)
     b = torch.empty_like(a)
-    us = bench(lambda: b.copy_(a), 200)
+    us = bench_us(lambda: b.copy_(a), 200)
     return {"bytes": 2 * n, "us": us, "GBps": 2 * n / us / 1e3}
 
 
@@ -138,13 +118,6 @@ def run(args) -> dict:
             ok = [k for k, v in variants.items() if v["rel_l2"] is None or v["rel_l2"] < 1e-2]
             best = min(ok, key=lambda k: variants[k]["us"])
             us = variants[best]["us"]
-            us2 = float("nan")
-            if not args.no_v2:
-                ns2 = v2.n_splits_v2(B, HKV, mt * 64 // 128, _sm_count(dev), 4)
-                f2 = partial(
-                    v2.decode_attention, q, st, scaling, kn, vn, n_splits=ns2, tile_rows=32, max_tiles=mt
-                )
-                us2 = graph_us(f2)
             m = {
                 "bytes": nbytes,
                 "fused_us": us,
@@ -153,16 +126,14 @@ def run(args) -> dict:
                 "GBps": nbytes / us / 1e3,
                 "speedup_vs_sdpa": sdpa_us / us,
                 "frac_copy_bw": nbytes / us / 1e3 / res["copy"]["GBps"],
-                "v2_us": us2,
-                "speedup_vs_v2": us2 / us,
             }
             if name == "static_f8_bv" and B * T <= 8 * 32768:
-                m["ref_path_us"] = bench(partial(sdpa_ref_path, q, st, scaling))
+                m["ref_path_us"] = bench_us(partial(sdpa_ref_path, q, st, scaling))
             row["methods"][name] = m
             print(
                 f"{B}x{T} {name}: fused {us:.1f} us ({best}) {m['GBps']:.0f} GB/s "
                 f"({100 * m['frac_copy_bw']:.0f}% of copy), sdpa {sdpa_us:.1f} us -> "
-                f"{m['speedup_vs_sdpa']:.2f}x | v2 {us2:.1f} us | "
+                f"{m['speedup_vs_sdpa']:.2f}x | "
                 + " ".join(f"{k}={v['us']:.0f}" for k, v in variants.items()),
                 flush=True,
             )
@@ -206,6 +177,7 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
         dynamic=dyn,
         n_boost=cfg.n_boost,
     )
+    kp8 = partial(kp, num_warps=8)
     vp = partial(
         pack_values,
         src,
@@ -222,7 +194,8 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
         idx=st.boost_idx if st.v_hi is not None else None,
         max_count=1,
     )
-    return {"method": name, "batch": B, "key_page_us": graph_us(kp), "value_token_us": graph_us(vp)}
+    return {"method": name, "batch": B, "key_page_us": graph_us(kp), "key_page_us_8warps": graph_us(kp8),
+            "value_token_us": graph_us(vp)}  # fmt: skip
 
 
 def _git_commit() -> str:
@@ -236,7 +209,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="path of the JSON file to write")
     ap.add_argument("--quick", action="store_true", help="only the first two shapes")
-    ap.add_argument("--no-v2", action="store_true", help="do not time the previous kernel v2")
     args = ap.parse_args()
     t0 = time.time()
     res = run(args)

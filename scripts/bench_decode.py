@@ -1,6 +1,8 @@
 """End-to-end decode speed and memory on a random-weight Qwen3-8B-shaped model (bf16, one GPU).
 
-Caches: ``dynamic`` (HF DynamicCache, eager forward per step as ``generate`` does), ``static_bf16``
+Caches: ``dynamic`` (HF DynamicCache, eager forward per step as ``generate`` does), ``hf_static``
+(HF ``generate(cache_implementation="static")`` with its automatic ``torch.compile``; opt-in via
+``--caches``, compilation takes minutes), ``static_bf16``
 (preallocated bf16 cache, graph-captured step, SDPA under a device length mask: the plain-bf16 path
 with HF's host overhead removed), ``kivi`` / ``kitty`` / ``static`` (ours: packed 2-bit cache, fused
 decode attention, device-side flushes, graph-captured step; ``static`` = random static mask of 8 pairs
@@ -48,13 +50,18 @@ def qconfig(kind: str) -> KVQuantConfig | None:
 
 
 def row_bytes(config, kind: str, tokens: int) -> int:
-    if kind in ("dynamic", "static_bf16"):
+    if kind in ("dynamic", "static_bf16", "hf_static"):
         return bytes_per_row(config, None, tokens)
     return bytes_per_row(config, qconfig(kind), tokens, n_boost=16)
 
 
 def max_batch(config, kind: str, tokens: int, weights: int, budget: float) -> int:
     return max(1, int((budget - weights) // row_bytes(config, kind, tokens)))
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _free():
@@ -139,6 +146,32 @@ def run_dynamic(model, L, B, steps):
     return dict(ttft_s=ttft, ms_per_step=ms, graph=False)
 
 
+@torch.no_grad()
+def run_hf_static(model, L, B, steps, compile_: bool = True):
+    """HF ``generate(cache_implementation="static")``, forward compiled by transformers (the best
+    plain-HF bf16 path). Two generations of different lengths share the compiled graphs; ms/step is
+    their time difference over the extra steps, TTFT the rest of the shorter one."""
+    ids = torch.randint(0, model.config.vocab_size, (B, L), device=model.device)
+    n1, n2 = 4, 4 + steps
+    kw = dict(do_sample=False, cache_implementation="static", max_cache_len=L + n2 + 1, pad_token_id=0,
+              disable_compile=not compile_, attention_mask=torch.ones_like(ids))  # fmt: skip
+
+    def timed(n):
+        _sync()
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        _sync()
+        assert out.shape[1] == L + n, out.shape
+        return time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    timed(n1)  # compile (and warm-up)
+    compile_s = time.perf_counter() - t0
+    t1, t2 = timed(n1), timed(n2)
+    ms = 1e3 * (t2 - t1) / (n2 - n1)
+    return dict(ttft_s=t1 - n1 * ms / 1e3, ms_per_step=ms, graph=compile_, compile_s=compile_s)
+
+
 def profile_step(model, kind, L, mask, chunk):
     """One eager step of ours under the profiler: GPU kernel time vs host wall time, top kernels."""
     from torch.profiler import ProfilerActivity, profile
@@ -175,7 +208,7 @@ def kernel_sweep() -> list[dict]:
     """decode_attention alone on random packed states at 32K: ms per call vs n_splits (where the time goes)."""
     from triton.testing import do_bench
 
-    from fcboost.kernels.decode_attention import _n_splits, _sm_count, decode_attention
+    from fcboost.kernels.decode_attention import _sm_count, decode_attention, split_count
     from fcboost.kernels.state import random_state
 
     out = []
@@ -188,7 +221,7 @@ def kernel_sweep() -> list[dict]:
             q = torch.randn(B, 32, 128, device="cuda", dtype=torch.bfloat16)
             kn = torch.randn(B, 8, 128, device="cuda", dtype=torch.bfloat16)
             mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
-            default = _n_splits(B, 8, mt, _sm_count(q.device))
+            default = split_count(B, 8, mt * 64 // 128, _sm_count(q.device))
             nbytes = st.nbytes_read()
             for ns in sorted({default, 1, 4, 16, 64, 128}):
 
@@ -216,6 +249,7 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[32768, 16384, 4096])
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--dynamic-steps", type=int, default=24)
+    ap.add_argument("--hf-static-steps", type=int, default=64, help="extra steps timed for hf_static")
     ap.add_argument("--equal-batch", type=int, default=8)
     ap.add_argument("--sweep", type=int, nargs="*", default=[16, 32, 64, 128])
     ap.add_argument("--budget-gib", type=float, default=120.0)
@@ -313,6 +347,9 @@ def main() -> None:
             if kind == "dynamic":
                 steps = min(args.steps, args.dynamic_steps)
                 rec.update(run_dynamic(model, L, B, steps), steps=steps)
+            elif kind == "hf_static":
+                steps = min(args.steps, args.hf_static_steps)
+                rec.update(run_hf_static(model, L, B, steps), steps=steps)
             else:
                 steps = args.steps if B <= args.big_batch else min(args.steps, args.big_steps)
                 rec.update(run_ours(model, kind, L, B, steps, mask, args.prefill_chunk), steps=steps)

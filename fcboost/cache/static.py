@@ -309,7 +309,7 @@ class StaticQuantLayer(_StaticBase):
     ) -> torch.Tensor:
         """q ``(B, Hq, D)``, k_new/v_new ``(B, H, D)`` -> attention output ``(B, Hq, D)``; then append
         the token and flush, all on the device (graph-capturable)."""
-        from fcboost.kernels.decode_attention_v3 import decode_attention
+        from fcboost.kernels.decode_attention import decode_attention
 
         out = decode_attention(q, self.state(), scaling, k_new, v_new, max_tiles=self.max_tiles)
         self.append_decode(k_new, v_new)

@@ -240,6 +240,7 @@ def pack_key_pages(
     idx: torch.Tensor | None = None,
     dynamic: bool = False,
     n_boost: int = 0,
+    num_warps: int = 4,
 ) -> None:
     """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``
     (entries with ``dst_page[e] < 0`` are skipped: a graph-captured decode step flushes no page).
@@ -247,6 +248,8 @@ def pack_key_pages(
     src: (B, H, T, D) keys; lo: (B, H, NP, P*bits/8, D) uint8; scale/zero: (B, H, NP, D) float16;
     hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
+    ``num_warps``: 4 (default) or 8, a launch setting only (sm_90 compile: 4 warps need 254-255
+    registers with spills for the boosted modes, 8 warps 128-217 without; not yet timed on a GPU).
     """
     _check_src(src, "src")
     B, H, NP, PB, D = lo.shape
@@ -298,7 +301,7 @@ def pack_key_pages(
         NB=nb,
         NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
         MODE=mode,
-        num_warps=4,
+        num_warps=num_warps,
     )
 
 

@@ -52,30 +52,20 @@ def main() -> None:
             O_M="*fp32",
             O_L="*fp32",
         )
-        for kb, vb, R, D, new in [
-            (False, False, 16, 128, True),
-            (True, False, 16, 64, False),
-            (True, True, 32, 128, True),
+        for kb, vb, kdyn, R, D, new in [
+            (False, False, False, 32, 128, True),
+            (True, False, True, 16, 64, False),
+            (True, True, False, 32, 128, True),
         ]:
-            consts = dict(
-                GQ=4,
-                BM=16,
-                D=D,
-                S=32,
-                P=128,
-                R=R,
-                BT=32,
-                NB=16 if kb else 0,
-                NBP=16,
-                KBOOST=kb,
-                VBOOST=vb,
-                PAGED=True,
-                HAS_NEW=new,
-            )
-            build(da._decode_kernel, ptrs, consts, num_warps=4, num_stages=2)
+            nb = 16 if kb else 0
+            page = dict(GQ=4, BM=16, D=D, P=128, R=R, NB=nb, NBP=16, NBQ=8, KBOOST=kb, VBOOST=vb, ASM=True)
+            build(da._page_kernel, ptrs, page, num_warps=4, num_stages=3, **({} if vb else {"maxnreg": 128}))
+            rest = dict(GQ=4, BM=16, D=D, S=32, P=128, BN=4 * R, BT=32, NB=nb, NBP=16, KBOOST=kb, VBOOST=vb,
+                        PAGED=True, HAS_NEW=new, KDYN=kdyn)  # fmt: skip
+            build(da._rest_kernel, ptrs, rest, num_warps=8, num_stages=1)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
-            da._combine_kernel, dict(O_ACC="*fp32", O_M="*fp32", O_L="*fp32", OUT=dt), dict(GQ=4, GP=4, D=128)
+            da._combine_v3, dict(O_ACC="*fp32", O_M="*fp32", O_L="*fp32", OUT=dt), dict(GQ=4, NSP=32, D=128)
         )
         print("combine", dt, flush=True)
     pk = dict(

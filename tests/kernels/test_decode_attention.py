@@ -1,8 +1,9 @@
 """Fused decode attention vs the PyTorch reference (dequantize + fp32 softmax attention).
 
 Tolerances (relative L2 over the batch): the kernel folds scales into fp16 operands and rounds
-its output to the model dtype, so fp16 lands near 2e-4 and bf16 near 2.5e-3 (bf16's output
-rounding, 2^-9); we require 1e-3 and 6e-3.
+its output to the model dtype, so fp16 lands near 2e-4 and bf16 near 1.7e-3 (bf16's output
+rounding); we require 1e-3 and 6e-3, the worst row within 2x. On the CPU the interpreter runs the plain code-unpacking path (it has no inline asm); the GPU run
+(`-m gpu`) checks the inline-PTX path too.
 """
 
 from __future__ import annotations
@@ -17,69 +18,66 @@ from fcboost.kernels.decode_attention import decode_attention
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 
-SMALL = dict(n_sink=32, page_size=64, window=64)
+PAPER = dict(n_sink=32, page_size=128, window=128)
 _cfg = make_cfg
 _check = partial(check_attention, decode_attention)
 
 
 @pytest.mark.parametrize(
-    "method,dtype,D,G",
+    "method,dtype,D,G,R",
     [
-        ("kivi", torch.float16, 64, 4),
-        ("kivi", torch.bfloat16, 128, 1),
-        ("kitty", torch.bfloat16, 64, 3),
-        ("kitty", torch.float16, 128, 8),
-        ("static", torch.float16, 64, 8),
-        ("static", torch.bfloat16, 128, 4),
-        ("static_keys", torch.bfloat16, 64, 1),
+        ("kivi", torch.float16, 64, 4, 16),
+        ("kivi", torch.bfloat16, 128, 1, 32),
+        ("kitty", torch.bfloat16, 64, 3, 16),
+        ("kitty", torch.float16, 128, 8, 32),
+        ("static", torch.float16, 64, 8, 32),
+        ("static", torch.bfloat16, 128, 4, 16),
+        ("static", torch.bfloat16, 64, 4, 64),
+        ("static_keys", torch.bfloat16, 64, 1, 16),
     ],
 )
-def test_fused_matches_reference(method, dtype, D, G, device):
-    # ragged rows over every region: sink only, sink+buffer, pages+window, several page tiles
+def test_v3_matches_reference(method, dtype, D, G, R, device):
+    """Ragged rows over every region (sink only, sink+buffer, pages+window, several page tiles)."""
     _check(
-        _cfg(method, **SMALL),
-        [1, 33, 161, 289],
+        _cfg(method, **PAPER),
+        [1, 33, 161, 289, 700],
         H=2 if G == 1 else 1,
         G=G,
         D=D,
         dtype=dtype,
         device=device,
         n_splits=2,
+        tile_rows=R,
     )
 
 
 @pytest.mark.parametrize("method", ["kitty", "static"])
-def test_paper_page_size_and_state_holding_new_token(method, device):
-    """S=32, P=W=128; the new token already in the buffers (no k_new) and one split per row."""
-    _check(
-        _cfg(method), [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False, n_splits=1
-    )
+def test_v3_state_holding_new_token(method, device):
+    """The new token already in the buffers (no k_new), default split count, P=W=64."""
+    cfg = _cfg(method, n_sink=32, page_size=64, window=64)
+    _check(cfg, [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False)
 
 
-def test_split_count_does_not_change_result(device):
-    cfg = _cfg("static", **SMALL)
-    st = random_state(cfg, [420], 1, 64, torch.float16, device, seed=3)
+def test_v3_split_count_does_not_change_result(device):
+    st = random_state(_cfg("static", **PAPER), [700], 1, 64, torch.float16, device, seed=3)
     q = torch.randn(1, 2, 64, device=device).to(torch.float16)
     outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
     assert (outs[0] - outs[1]).abs().max() < 2e-3
 
 
-def test_bad_input_raises(device):
-    st = random_state(_cfg("kivi", **SMALL), [5], 2, 64, torch.float16, device)
+def test_v3_bad_input_raises(device):
+    st = random_state(_cfg("kivi", **PAPER), [5], 2, 64, torch.float16, device)
     with pytest.raises(ValueError, match="dtype"):
         decode_attention(torch.randn(1, 4, 64, device=device), st, 0.125)
     with pytest.raises(ValueError, match="does not match"):
         decode_attention(torch.randn(1, 3, 64, device=device).half(), st, 0.125)
+    with pytest.raises(ValueError, match="tile_rows"):
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125, tile_rows=8)
     with pytest.raises(ValueError, match="k_new"):
-        decode_attention(
-            torch.randn(1, 4, 64, device=device).half(),
-            st,
-            0.125,
-            torch.randn(1, 2, 32, device=device).half(),
-            None,
-        )
+        decode_attention(torch.randn(1, 4, 64, device=device).half(), st, 0.125,
+                         torch.randn(1, 2, 32, device=device).half(), None)  # fmt: skip
     st4 = random_state(
-        KVQuantConfig.kivi(key_bits=4, value_bits=4, **SMALL), [5], 2, 64, torch.float16, device
+        KVQuantConfig.kivi(key_bits=4, value_bits=4, **PAPER), [5], 2, 64, torch.float16, device
     )
     with pytest.raises(ValueError, match="2-bit"):
         decode_attention(torch.randn(1, 4, 64, device=device).half(), st4, 0.125)
@@ -88,19 +86,9 @@ def test_bad_input_raises(device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fused_matches_reference_qwen3_8b_shape(method, dtype):
-    """32 query heads, 8 KV heads, d=128, paper config (S=32, P=W=128), ragged rows up to 32K."""
-    _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda", seed=5)
-    _check(
-        _cfg(method),
-        [8191] * 4,
-        H=8,
-        G=4,
-        D=128,
-        dtype=dtype,
-        device="cuda",
-        seed=6,
-        tile_rows=32,
-        n_splits=7,
-    )
+@pytest.mark.parametrize("use_asm", [True, False])
+def test_v3_qwen3_8b_shape(method, use_asm):
+    """32 query heads, 8 KV heads, d=128, paper config, ragged rows up to 32K."""
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
+               seed=5, use_asm=use_asm)  # fmt: skip
