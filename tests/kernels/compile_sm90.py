@@ -10,7 +10,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fcboost.kernels import decode_attention as da
+from fcboost.kernels import attention_page as ap
+from fcboost.kernels import attention_rest as ar
 from fcboost.kernels import quant_pack as qp
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -59,13 +60,15 @@ def main() -> None:
         ]:
             nb = 16 if kb else 0
             page = dict(GQ=4, BM=16, D=D, P=128, R=R, NB=nb, NBP=16, NBQ=8, KBOOST=kb, VBOOST=vb, ASM=True)
-            build(da._page_kernel, ptrs, page, num_warps=4, num_stages=3, **({} if vb else {"maxnreg": 128}))
+            build(ap._page_kernel, ptrs, page, num_warps=4, num_stages=3, **({} if vb else {"maxnreg": 128}))
             rest = dict(GQ=4, BM=16, D=D, S=32, P=128, BN=4 * R, BT=32, NB=nb, NBP=16, KBOOST=kb, VBOOST=vb,
                         PAGED=True, HAS_NEW=new, KDYN=kdyn)  # fmt: skip
-            build(da._rest_kernel, ptrs, rest, num_warps=8, num_stages=1)
+            build(ar._rest_kernel, ptrs, rest, num_warps=8, num_stages=1)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
-            da._combine_v3, dict(O_ACC="*fp32", O_M="*fp32", O_L="*fp32", OUT=dt), dict(GQ=4, NSP=32, D=128)
+            ar._combine_kernel,
+            dict(O_ACC="*fp32", O_M="*fp32", O_L="*fp32", OUT=dt),
+            dict(GQ=4, NSP=32, D=128),
         )
         print("combine", dt, flush=True)
     pk = dict(
