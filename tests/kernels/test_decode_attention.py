@@ -36,7 +36,7 @@ _check = partial(check_attention, decode_attention)
         ("static_keys", torch.bfloat16, 64, 1, 16),
     ],
 )
-def test_v3_matches_reference(method, dtype, D, G, R, device):
+def test_matches_reference(method, dtype, D, G, R, device):
     """Ragged rows over every region (sink only, sink+buffer, pages+window, several page tiles)."""
     _check(
         _cfg(method, **PAPER),
@@ -52,20 +52,20 @@ def test_v3_matches_reference(method, dtype, D, G, R, device):
 
 
 @pytest.mark.parametrize("method", ["kitty", "static"])
-def test_v3_state_holding_new_token(method, device):
+def test_state_holding_new_token(method, device):
     """The new token already in the buffers (no k_new), default split count, P=W=64."""
     cfg = _cfg(method, n_sink=32, page_size=64, window=64)
     _check(cfg, [1, 289, 40], H=1, G=4, D=64, dtype=torch.float16, device=device, new=False)
 
 
-def test_v3_split_count_does_not_change_result(device):
+def test_split_count_does_not_change_result(device):
     st = random_state(_cfg("static", **PAPER), [700], 1, 64, torch.float16, device, seed=3)
     q = torch.randn(1, 2, 64, device=device).to(torch.float16)
     outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
     assert (outs[0] - outs[1]).abs().max() < 2e-3
 
 
-def test_v3_bad_input_raises(device):
+def test_bad_input_raises(device):
     st = random_state(_cfg("kivi", **PAPER), [5], 2, 64, torch.float16, device)
     with pytest.raises(ValueError, match="dtype"):
         decode_attention(torch.randn(1, 4, 64, device=device), st, 0.125)
@@ -87,7 +87,7 @@ def test_v3_bad_input_raises(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
 @pytest.mark.parametrize("use_asm", [True, False])
-def test_v3_qwen3_8b_shape(method, use_asm):
+def test_qwen3_8b_shape(method, use_asm):
     """32 query heads, 8 KV heads, d=128, paper config, ragged rows up to 32K."""
     for dtype in (torch.bfloat16, torch.float16):
         _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
