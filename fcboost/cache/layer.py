@@ -289,7 +289,7 @@ class QuantizedLayer(CacheLayerMixin):
     def _write_pages(self, b: int, p0: int, pages: torch.Tensor) -> None:
         c, n_p = self.cfg, pages.shape[1]
         if self._triton_flush(pages):
-            from fcboost.kernels.quant_pack import pack_key_pages
+            from fcboost.kernels.quant_pack import pack_keys_into
 
             for name in ("k_lo", "k_hi", "k_idx", "k_scale", "k_zero"):
                 setattr(self, name, _grow(getattr(self, name), 2, p0 + n_p))
@@ -297,21 +297,7 @@ class QuantizedLayer(CacheLayerMixin):
                 pages.flatten(1, 2).unsqueeze(0).expand(self.B, -1, -1, -1)
             )  # (B, H, n_p*P, D), batch stride 0
             P = c.page_size
-            pack_key_pages(
-                src,
-                [b] * n_p,
-                [i * P for i in range(n_p)],
-                list(range(p0, p0 + n_p)),
-                lo=self.k_lo,
-                scale=self.k_scale,
-                zero=self.k_zero,
-                bits=c.key_bits,
-                boost_bits=c.boost_bits,
-                hi=self.k_hi,
-                idx=self.k_idx if self.k_idx is not None else self.boost_idx,
-                dynamic=self.k_idx is not None,
-                n_boost=self.n_boost if self.k_hi is not None else 0,
-            )
+            pack_keys_into(self, src, [b] * n_p, [i * P for i in range(n_p)], list(range(p0, p0 + n_p)))
             return
         is_boost = self.selector.key_boost(pages)
         pk = quantize_key_pages(pages, c.key_bits, c.boost_bits, is_boost, self.n_boost)
@@ -333,26 +319,12 @@ class QuantizedLayer(CacheLayerMixin):
     def _write_values(self, b: int, j0: int, vals: torch.Tensor) -> None:
         c, n = self.cfg, vals.shape[1]
         if self._triton_flush(vals):
-            from fcboost.kernels.quant_pack import pack_values
+            from fcboost.kernels.quant_pack import pack_values_into
 
             for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
                 setattr(self, name, _grow(getattr(self, name), 2, j0 + n))
             src = vals.unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n, D), batch stride 0
-            pack_values(
-                src,
-                [b],
-                [0],
-                [j0],
-                [n],
-                lo=self.v_lo,
-                scale=self.v_scale,
-                zero=self.v_zero,
-                bits=c.value_bits,
-                boost_bits=c.boost_bits,
-                hi=self.v_hi,
-                idx=self.boost_idx if self._value_boost else None,
-                max_count=n,
-            )
+            pack_values_into(self, src, [b], [0], [j0], [n], max_count=n)
             return
         is_boost = self.selector.value_boost()
         if is_boost is not None:

@@ -231,44 +231,14 @@ class StaticQuantLayer(_StaticBase):
 
     # ------------------------------------------------------------------------ flushes
     def _pack_keys(self, src, rows, src_tok, dst_page) -> None:
-        from fcboost.kernels.quant_pack import pack_key_pages
+        from fcboost.kernels.quant_pack import pack_keys_into
 
-        c = self.cfg
-        pack_key_pages(
-            src,
-            rows,
-            src_tok,
-            dst_page,
-            lo=self.k_lo,
-            scale=self.k_scale,
-            zero=self.k_zero,
-            bits=c.key_bits,
-            boost_bits=c.boost_bits,
-            hi=self.k_hi,
-            idx=self.k_idx if self.k_idx is not None else self.boost_idx,
-            dynamic=self.k_idx is not None,
-            n_boost=self.n_boost,
-        )
+        pack_keys_into(self, src, rows, src_tok, dst_page)
 
     def _pack_values(self, src, rows, src_tok, dst_tok, count, max_count: int) -> None:
-        from fcboost.kernels.quant_pack import pack_values
+        from fcboost.kernels.quant_pack import pack_values_into
 
-        c = self.cfg
-        pack_values(
-            src,
-            rows,
-            src_tok,
-            dst_tok,
-            count,
-            lo=self.v_lo,
-            scale=self.v_scale,
-            zero=self.v_zero,
-            bits=c.value_bits,
-            boost_bits=c.boost_bits,
-            hi=self.v_hi,
-            idx=self.boost_idx if self.v_hi is not None else None,
-            max_count=max_count,
-        )
+        pack_values_into(self, src, rows, src_tok, dst_tok, count, max_count)
 
     def prefill_row(self, b: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append real tokens ``k``/``v`` ``(H, m, D)`` to row ``b`` and flush (host-driven)."""

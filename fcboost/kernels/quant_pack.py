@@ -376,3 +376,48 @@ def pack_values(
         BT=BT,
         num_warps=4,
     )
+
+
+def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page) -> None:
+    """:func:`pack_key_pages` into a layer's storage ``st``: an object with ``cfg`` and the arrays
+    ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),
+    ``boost_idx`` (a static mask's, else None) and ``n_boost`` (both cache layers have them)."""
+    c = st.cfg
+    pack_key_pages(
+        src,
+        rows,
+        src_tok,
+        dst_page,
+        lo=st.k_lo,
+        scale=st.k_scale,
+        zero=st.k_zero,
+        bits=c.key_bits,
+        boost_bits=c.boost_bits,
+        hi=st.k_hi,
+        idx=st.k_idx if st.k_idx is not None else st.boost_idx,
+        dynamic=st.k_idx is not None,
+        n_boost=st.n_boost if st.k_hi is not None else 0,
+    )
+
+
+def pack_values_into(
+    st, src: torch.Tensor, rows, src_tok, dst_tok, count, max_count: int | None = None
+) -> None:
+    """:func:`pack_values` into a layer's storage ``st`` (``cfg``, ``v_lo``, ``v_scale``, ``v_zero``,
+    ``v_hi`` (None unless a static mask boosts values) and ``boost_idx``)."""
+    c = st.cfg
+    pack_values(
+        src,
+        rows,
+        src_tok,
+        dst_tok,
+        count,
+        lo=st.v_lo,
+        scale=st.v_scale,
+        zero=st.v_zero,
+        bits=c.value_bits,
+        boost_bits=c.boost_bits,
+        hi=st.v_hi,
+        idx=st.boost_idx if st.v_hi is not None else None,
+        max_count=max_count,
+    )
