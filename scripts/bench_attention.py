@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 
 from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
-from fcboost.kernels.quant_pack import pack_key_pages, pack_values
+from fcboost.kernels.quant_pack import pack_keys_into, pack_values_into
 from fcboost.kernels.state import random_state
 from fcboost.kernels.timing import bench_us, graph_us
 from fcboost.quant.config import KVQuantConfig
@@ -160,40 +160,9 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
     rows = torch.arange(B, dtype=torch.int32, device=dev)
     zeros = torch.zeros(B, dtype=torch.int32, device=dev)
     page = torch.full((B,), 2, dtype=torch.int32, device=dev)
-    dyn = cfg.selector == "dynamic_magnitude"
-    kp = partial(
-        pack_key_pages,
-        src,
-        rows,
-        zeros,
-        page,
-        lo=st.k_lo,
-        scale=st.k_scale,
-        zero=st.k_zero,
-        bits=2,
-        boost_bits=4,
-        hi=st.k_hi,
-        idx=st.k_idx if dyn else st.boost_idx,
-        dynamic=dyn,
-        n_boost=cfg.n_boost,
-    )
-    kp8 = partial(kp, num_warps=8)
-    vp = partial(
-        pack_values,
-        src,
-        rows,
-        zeros,
-        page,
-        zeros + 1,
-        lo=st.v_lo,
-        scale=st.v_scale,
-        zero=st.v_zero,
-        bits=2,
-        boost_bits=4,
-        hi=st.v_hi,
-        idx=st.boost_idx if st.v_hi is not None else None,
-        max_count=1,
-    )
+    kp = partial(pack_keys_into, st, src, rows, zeros, page)
+    kp8 = partial(pack_keys_into, st, src, rows, zeros, page, num_warps=8)
+    vp = partial(pack_values_into, st, src, rows, zeros, page, zeros + 1, max_count=1)
     return {"method": name, "batch": B, "key_page_us": graph_us(kp), "key_page_us_8warps": graph_us(kp8),
             "value_token_us": graph_us(vp)}  # fmt: skip
 

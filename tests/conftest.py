@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded SmolLM2 (loaded once per session) and tiny random models."""
+"""Shared fixtures: the embedded SmolLM2 (loaded once per session), tiny random models, the device."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Triton kernels run on the CPU interpreter unless a CUDA GPU is present; TRITON_INTERPRET must be
+# set before any @triton.jit function is created (fcboost imports its kernels lazily for this reason)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def device() -> str:
+    """Where the kernel and decode tests run: the GPU when there is one, else the CPU interpreter."""
+    return DEVICE
 
 
 @pytest.fixture(scope="session")

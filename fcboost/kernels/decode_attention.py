@@ -57,14 +57,6 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE[key]
 
 
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def split_count(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 4.0) -> int:
     """Page-tile programs per (row, KV head): about ``waves`` programs per SM, >= 4 tiles each."""
     if max_tiles == 0:

@@ -378,10 +378,11 @@ def pack_values(
     )
 
 
-def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page) -> None:
+def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page, num_warps: int = 4) -> None:
     """:func:`pack_key_pages` into a layer's storage ``st``: an object with ``cfg`` and the arrays
     ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),
-    ``boost_idx`` (a static mask's, else None) and ``n_boost`` (both cache layers have them)."""
+    ``boost_idx`` (a static mask's, else None) and ``n_boost`` (both cache layers and
+    :class:`fcboost.kernels.state.PackedKVState` have them)."""
     c = st.cfg
     pack_key_pages(
         src,
@@ -397,6 +398,7 @@ def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page) -> None:
         idx=st.k_idx if st.k_idx is not None else st.boost_idx,
         dynamic=st.k_idx is not None,
         n_boost=st.n_boost if st.k_hi is not None else 0,
+        num_warps=num_warps,
     )
 
 
