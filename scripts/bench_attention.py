@@ -79,7 +79,7 @@ def run(args) -> dict:
         "pack": [],
     }
     print(f"copy: {res['copy']['GBps']:.0f} GB/s", flush=True)
-    for name, cfg in METHODS.items():
+    for name, cfg in METHODS.items() if not args.pack_only else ():
         for dt in (torch.float16, torch.bfloat16):
             lengths = [32768, 4097, 1000, 289, 161, 33, 1]
             st = random_state(cfg, lengths, HKV, D, dt, dev, seed=len(name))
@@ -91,7 +91,7 @@ def run(args) -> dict:
             }
             res["correctness"].append({"method": name, "dtype": str(dt), "lengths": lengths, "rel_l2": errs})
             print(f"correct {name} {dt}: {errs}", flush=True)
-    shapes = SHAPES if not args.quick else SHAPES[:2]
+    shapes = [] if args.pack_only else SHAPES if not args.quick else SHAPES[:2]
     for B, T in shapes:
         q = torch.randn(B, HQ, D, device=dev, dtype=dtype)
         kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dtype) for _ in range(2))
@@ -145,10 +145,7 @@ def run(args) -> dict:
     for name, cfg in METHODS.items():
         r = bench_pack(name, cfg, dev, dtype)
         res["pack"].append(r)
-        print(
-            f"pack {name}: key page {r['key_page_us']:.1f} us, value token {r['value_token_us']:.1f} us",
-            flush=True,
-        )
+        print(f"pack {name}: {r}", flush=True)
     return res
 
 
@@ -160,11 +157,15 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
     rows = torch.arange(B, dtype=torch.int32, device=dev)
     zeros = torch.zeros(B, dtype=torch.int32, device=dev)
     page = torch.full((B,), 2, dtype=torch.int32, device=dev)
-    kp = partial(pack_keys_into, st, src, rows, zeros, page)
-    kp8 = partial(pack_keys_into, st, src, rows, zeros, page, num_warps=8)
     vp = partial(pack_values_into, st, src, rows, zeros, page, zeros + 1, max_count=1)
-    return {"method": name, "batch": B, "key_page_us": graph_us(kp), "key_page_us_8warps": graph_us(kp8),
-            "value_token_us": graph_us(vp)}  # fmt: skip
+    vp16 = partial(pack_values_into, st, src, rows, zeros, page, zeros + 16, max_count=16)
+    variants = {  # key page: (channels per program, warps)
+        f"c{bc}_w{nw}": graph_us(partial(pack_keys_into, st, src, rows, zeros, page, num_warps=nw, block_channels=bc))
+        for bc in (16, 32, 64)
+        for nw in (1, 2, 4)
+    }  # fmt: skip
+    return {"method": name, "batch": B, "key_page_us": variants["c32_w4"], "key_page_variants_us": variants,
+            "value_token_us": graph_us(vp), "value_16_tokens_us": graph_us(vp16)}  # fmt: skip
 
 
 def _git_commit() -> str:
@@ -178,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="path of the JSON file to write")
     ap.add_argument("--quick", action="store_true", help="only the first two shapes")
+    ap.add_argument("--pack-only", action="store_true", help="only the pack kernels")
     args = ap.parse_args()
     t0 = time.time()
     res = run(args)

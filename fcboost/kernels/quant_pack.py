@@ -23,41 +23,17 @@ MODE_NONE, MODE_DYNAMIC, MODE_STATIC = 0, 1, 2
 
 @triton.jit
 def _pack_key_page_kernel(
-    src,
-    s_sb,
-    s_sh,
-    s_st,  # (B, H, T, D) 16-bit keys, channel stride 1
-    rows,
-    src_tok,
-    dst_page,  # (R,) int32 entries
-    lo,
-    s_lb,
-    s_lh,
-    s_lp,
-    s_lr,  # (B, H, NP, P*b/8, D) uint8
-    hi,
-    s_hb,
-    s_hh,
-    s_hp,
-    s_hr,  # (B, H, NP, P*h/8, nb) uint8
-    idx,
-    s_ib,
-    s_ih,
-    s_ip,  # dynamic: (B, H, NP, nb) int16 out; static: (H, nb) int16 in
-    scale,
-    zero,
-    s_qb,
-    s_qh,
-    s_qp,  # (B, H, NP, D) float16
-    P: tl.constexpr,
-    D: tl.constexpr,
-    BITS: tl.constexpr,
-    BOOST_BITS: tl.constexpr,
-    HBITS: tl.constexpr,
-    NB: tl.constexpr,
-    NB_PAD: tl.constexpr,
-    MODE: tl.constexpr,
-):
+    src, s_sb, s_sh, s_st,  # (B, H, T, D) 16-bit keys, channel stride 1
+    rows, src_tok, dst_page,  # (R,) int32 entries
+    lo, s_lb, s_lh, s_lp, s_lr,  # (B, H, NP, P*b/8, D) uint8
+    hi, s_hb, s_hh, s_hp, s_hr,  # (B, H, NP, P*h/8, nb) uint8
+    idx, s_ib, s_ih, s_ip,  # (B, H, NP, nb) int16 per page (Kitty) or (H, nb) with zero b/p strides
+    scale, zero, s_qb, s_qh, s_qp,  # (B, H, NP, D) float16
+    P: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr,
+    NB: tl.constexpr, NB_PAD: tl.constexpr, MODE: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    """Program (entry, head, channel block): the ``BC`` channels ``cblk*BC..`` of one page (per-channel
+    statistics need no other channel); the boosted channels come ascending from ``idx``."""
     e = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(rows + e).to(tl.int64)
@@ -66,84 +42,82 @@ def _pack_key_page_kernel(
     if pg < 0:  # no page to flush for this entry (decode steps without a flush)
         return
     t = tl.arange(0, P)
-    c = tl.arange(0, D)
-    x = tl.load(src + b * s_sb + h * s_sh + (t0 + t[:, None]) * s_st + c[None, :]).to(tl.float32)  # (P, D)
+    c = tl.program_id(2) * BC + tl.arange(0, BC)  # this program's channels
+    base = src + b * s_sb + h * s_sh + t0 * s_st
+    x = tl.load(base + t[:, None] * s_st + c[None, :]).to(tl.float32)  # (P, BC)
     mn = tl.min(x, axis=0)
     mx = tl.max(x, axis=0)
-    if MODE == 1:  # Kitty: top-NB channels by mean |k| over the page
-        score = tl.math.div_rn(tl.sum(tl.abs(x), axis=0), tl.full((D,), P, tl.float32))  # (D,) mean |k|
-        beats = (score[None, :] > score[:, None]) | (
-            (score[None, :] == score[:, None]) & (c[None, :] < c[:, None])
-        )
-        is_b = tl.sum(beats.to(tl.int32), axis=1) < NB
-    elif MODE == 2:
+    if MODE != 0:  # boosted channels, ascending (Kitty's written by _select_key_channels_kernel)
         s = tl.arange(0, NB_PAD)
-        sidx = tl.load(idx + h * s_ih + s, mask=s < NB, other=-1).to(tl.int32)
-        is_b = tl.sum((sidx[:, None] == c[None, :]).to(tl.int32), axis=0) > 0
+        sidx = tl.load(idx + b * s_ib + h * s_ih + pg * s_ip + s, mask=s < NB, other=D).to(tl.int32)
+        is_b = tl.sum((sidx[None, :] == c[:, None]).to(tl.int32), axis=1) > 0
+        slot = tl.sum((sidx[None, :] < c[:, None]).to(tl.int32), axis=1)  # rank among the boosted
     else:
         is_b = c < 0
+        slot = c
     levels = tl.where(is_b, 2**BOOST_BITS - 1, 2**BITS - 1).to(tl.float32)
     sc = tl.math.div_rn(mx - mn, levels).to(tl.float16)
     sc = tl.where(sc == 0, 1.0, sc).to(tl.float16)
     zr = mn.to(tl.float16)
     q = tl.math.floor(tl.math.div_rn(x - zr.to(tl.float32)[None, :], sc.to(tl.float32)[None, :]) + 0.5)
-    codes = tl.minimum(tl.maximum(q, 0.0), levels[None, :]).to(tl.int32)  # (P, D)
+    codes = tl.minimum(tl.maximum(q, 0.0), levels[None, :]).to(tl.int32)  # (P, BC)
     PER: tl.constexpr = 8 // BITS
     sh = (tl.arange(0, PER) * BITS)[None, :, None]
-    packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (P // PER, PER, D)) << sh, axis=1)  # (P/PER, D)
+    packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (P // PER, PER, BC)) << sh, axis=1)  # (P/PER, BC)
     r = tl.arange(0, P // PER)
     tl.store(lo + b * s_lb + h * s_lh + pg * s_lp + r[:, None] * s_lr + c[None, :], packed.to(tl.uint8))
     q_off = b * s_qb + h * s_qh + pg * s_qp + c
     tl.store(scale + q_off, sc)
     tl.store(zero + q_off, zr)
     if MODE != 0:
-        before = (c[None, :] < c[:, None]) & is_b[None, :]
-        slot = tl.sum(before.to(tl.int32), axis=1)  # (D,) slot of each boosted channel
         HPER: tl.constexpr = 8 // HBITS
         hsh = (tl.arange(0, HPER) * HBITS)[None, :, None]
-        hp = tl.sum(tl.reshape(codes >> BITS, (P // HPER, HPER, D)) << hsh, axis=1)  # (P/HPER, D)
+        hp = tl.sum(tl.reshape(codes >> BITS, (P // HPER, HPER, BC)) << hsh, axis=1)  # (P/HPER, BC)
         hr = tl.arange(0, P // HPER)
         h_ptr = hi + b * s_hb + h * s_hh + pg * s_hp + hr[:, None] * s_hr + slot[None, :]
         tl.store(h_ptr, hp.to(tl.uint8), mask=is_b[None, :] & (hr[:, None] >= 0))
-        if MODE == 1:
-            tl.store(idx + b * s_ib + h * s_ih + pg * s_ip + slot, c.to(tl.int16), mask=is_b)
+
+
+@triton.jit
+def _select_key_channels_kernel(
+    src, s_sb, s_sh, s_st, rows, src_tok, dst_page, idx, s_ib, s_ih, s_ip,
+    P: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, TC: tl.constexpr,
+):  # fmt: skip
+    """Kitty's per-page selection, program (entry, head): the top-``NB`` channels by mean |k| over the
+    page (ties: the lower channel), written ascending to ``idx[b, h, page]`` (slot order)."""
+    e = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.load(rows + e).to(tl.int64)
+    t0 = tl.load(src_tok + e).to(tl.int64)
+    pg = tl.load(dst_page + e).to(tl.int64)
+    if pg < 0:
+        return
+    c = tl.arange(0, D)
+    tc = tl.arange(0, TC)
+    base = src + b * s_sb + h * s_sh + t0 * s_st
+    asum = tl.zeros((D,), tl.float32)
+    for t1 in range(0, P, TC):
+        asum += tl.sum(tl.abs(tl.load(base + (t1 + tc)[:, None] * s_st + c[None, :]).to(tl.float32)), axis=0)
+    score = tl.math.div_rn(asum, tl.full((D,), P, tl.float32))  # (D,) mean |k|
+    beats = (score[None, :] > score[:, None]) | (
+        (score[None, :] == score[:, None]) & (c[None, :] < c[:, None])
+    )
+    is_b = tl.sum(beats.to(tl.int32), axis=1) < NB
+    slot = tl.cumsum(is_b.to(tl.int32), axis=0) - 1
+    tl.store(idx + b * s_ib + h * s_ih + pg * s_ip + slot, c.to(tl.int16), mask=is_b)
 
 
 @triton.jit
 def _pack_values_kernel(
-    src,
-    s_sb,
-    s_sh,
-    s_st,  # (B, H, T, D) 16-bit values
-    rows,
-    src_tok,
-    dst_tok,
-    count,  # (R,) int32 entries: tokens src_tok.. -> dst_tok.. (count)
-    lo,
-    s_lb,
-    s_lh,
-    s_lt,  # (B, H, NV, D*b/8) uint8
-    hi,
-    s_hb,
-    s_hh,
-    s_ht,  # (B, H, NV, ceil(nb*h/8)) uint8
-    idx,  # (H, nb) int16 static boost channels
-    scale,
-    zero,
-    s_qb,
-    s_qh,
-    s_qt,  # (B, H, NV, G) float16
-    D: tl.constexpr,
-    BITS: tl.constexpr,
-    BOOST_BITS: tl.constexpr,
-    HBITS: tl.constexpr,
-    NB: tl.constexpr,
-    NB_PAD: tl.constexpr,
-    NHB: tl.constexpr,
-    NHB_PAD: tl.constexpr,
-    BOOST: tl.constexpr,
-    BT: tl.constexpr,
-):
+    src, s_sb, s_sh, s_st,  # (B, H, T, D) 16-bit values
+    rows, src_tok, dst_tok, count,  # (R,) int32 entries: tokens src_tok.. -> dst_tok.. (count)
+    lo, s_lb, s_lh, s_lt,  # (B, H, NV, D*b/8) uint8
+    hi, s_hb, s_hh, s_ht,  # (B, H, NV, ceil(nb*h/8)) uint8
+    idx,  # (H, nb) int16 static boost channels, ascending (slot s holds channel idx[h, s])
+    scale, zero, s_qb, s_qh, s_qt,  # (B, H, NV, G) float16
+    D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr, NB: tl.constexpr,
+    NB_PAD: tl.constexpr, NHB: tl.constexpr, BOOST: tl.constexpr, BT: tl.constexpr,
+):  # fmt: skip
     e = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(rows + e).to(tl.int64)
@@ -153,13 +127,13 @@ def _pack_values_kernel(
     ts = tl.load(src_tok + e).to(tl.int64) + j
     td = tl.load(dst_tok + e).to(tl.int64) + j
     c = tl.arange(0, D)
-    x = tl.load(src + b * s_sb + h * s_sh + ts[:, None] * s_st + c[None, :], mask=tm[:, None], other=0.0)
-    x = x.to(tl.float32)  # (BT, D)
+    row = src + b * s_sb + h * s_sh + ts[:, None] * s_st
+    x = tl.load(row + c[None, :], mask=tm[:, None], other=0.0).to(tl.float32)  # (BT, D)
     PER: tl.constexpr = 8 // BITS
     q_off = b * s_qb + h * s_qh + td * s_qt
     if BOOST:
         s = tl.arange(0, NB_PAD)
-        sidx = tl.load(idx + h * NB + s, mask=s < NB, other=-1).to(tl.int32)
+        sidx = tl.load(idx + h * NB + s, mask=s < NB, other=D).to(tl.int32)
         is_b = tl.sum((sidx[:, None] == c[None, :]).to(tl.int32), axis=0) > 0  # (D,)
         inf = float("inf")
         mn0 = tl.min(tl.where(is_b[None, :], inf, x), axis=1)
@@ -179,6 +153,16 @@ def _pack_values_kernel(
         tl.store(scale + q_off + 1, s1, mask=tm)
         tl.store(zero + q_off, z0, mask=tm)
         tl.store(zero + q_off + 1, z1, mask=tm)
+        # hi codes in slot order: the boosted channels re-read by index (the same codes as below)
+        xb = tl.load(row + sidx[None, :], mask=tm[:, None] & (s < NB)[None, :], other=0.0).to(tl.float32)
+        qb = tl.math.floor(tl.math.div_rn(xb - z1.to(tl.float32)[:, None], s1.to(tl.float32)[:, None]) + 0.5)
+        cbh = tl.minimum(tl.maximum(qb, 0.0), 2**BOOST_BITS - 1.0).to(tl.int32) >> BITS  # (BT, NB_PAD)
+        HPER: tl.constexpr = 8 // HBITS
+        hsh = (tl.arange(0, HPER) * HBITS)[None, None, :]
+        hb = tl.sum(tl.reshape(cbh, (BT, NB_PAD // HPER, HPER)) << hsh, axis=2)  # (BT, NB_PAD/HPER)
+        k = tl.arange(0, NB_PAD // HPER)
+        h_ptr = hi + b * s_hb + h * s_hh + td[:, None] * s_ht + k[None, :]
+        tl.store(h_ptr, hb.to(tl.uint8), mask=tm[:, None] & (k[None, :] < NHB))
     else:
         mn = tl.min(x, axis=1)
         mx = tl.max(x, axis=1)
@@ -198,15 +182,6 @@ def _pack_values_kernel(
     tl.store(
         lo + b * s_lb + h * s_lh + td[:, None] * s_lt + cb[None, :], packed.to(tl.uint8), mask=tm[:, None]
     )
-    if BOOST:
-        slot = tl.sum(((c[None, :] < c[:, None]) & is_b[None, :]).to(tl.int32), axis=1)  # (D,)
-        HPER: tl.constexpr = 8 // HBITS
-        k = tl.arange(0, NHB_PAD)
-        sel = is_b[:, None] & ((slot // HPER)[:, None] == k[None, :])  # (D, NHB_PAD)
-        part = (codes >> BITS) << (HBITS * (slot % HPER))[None, :]  # (BT, D)
-        hb = tl.sum(tl.where(sel[None, :, :], part[:, :, None], 0), axis=1)  # (BT, NHB_PAD)
-        h_ptr = hi + b * s_hb + h * s_hh + td[:, None] * s_ht + k[None, :]
-        tl.store(h_ptr, hb.to(tl.uint8), mask=tm[:, None] & (k[None, :] < NHB))
 
 
 def _i32(x, device) -> torch.Tensor:
@@ -240,6 +215,7 @@ def pack_key_pages(
     idx: torch.Tensor | None = None,
     dynamic: bool = False,
     n_boost: int = 0,
+    block_channels: int | None = None,
     num_warps: int = 4,
 ) -> None:
     """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``
@@ -248,8 +224,9 @@ def pack_key_pages(
     src: (B, H, T, D) keys; lo: (B, H, NP, P*bits/8, D) uint8; scale/zero: (B, H, NP, D) float16;
     hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
-    ``num_warps``: 4 (default) or 8, a launch setting only (sm_90 compile: 4 warps need 254-255
-    registers with spills for the boosted modes, 8 warps 128-217 without; not yet timed on a GPU).
+    Each program quantizes ``block_channels`` channels of one page (default 32: more programs, few
+    registers); ``num_warps`` is a launch setting only. The static mask's ``idx`` must be ascending
+    (slot s holds channel ``idx[h, s]``, as :func:`fcboost.quant.mixed.boost_index` makes it).
     """
     _check_src(src, "src")
     B, H, NP, PB, D = lo.shape
@@ -276,7 +253,15 @@ def pack_key_pages(
     is_ = (
         idx.stride()[:3] if (idx is not None and dynamic) else (0, idx.stride(0) if idx is not None else 0, 0)
     )
-    _pack_key_page_kernel[(R, H)](
+    BC = min(D, 32) if block_channels is None else block_channels
+    if BC not in (16, 32, 64, 128, 256) or D % BC:
+        raise ValueError(f"block_channels={BC}: expected a power of two >= 16 dividing head_dim={D}")
+    if mode == MODE_DYNAMIC:  # Kitty: choose each page's channels first, then pack as a static mask
+        _select_key_channels_kernel[(R, H)](
+            src, *src.stride()[:3], rows, src_tok, dst_page, idx, *is_, P=P, D=D, NB=nb, TC=min(P, 32),
+            num_warps=4,
+        )  # fmt: skip
+    _pack_key_page_kernel[(R, H, D // BC)](
         src,
         src.stride(0),
         src.stride(1),
@@ -301,6 +286,7 @@ def pack_key_pages(
         NB=nb,
         NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
         MODE=mode,
+        BC=BC,
         num_warps=num_warps,
     )
 
@@ -324,7 +310,8 @@ def pack_values(
     """Quantize value tokens ``src[rows[e], :, src_tok[e] + j]`` into ``dst_tok[e] + j``, ``j < count[e]``.
 
     src: (B, H, T, D); lo: (B, H, NV, D*bits/8) uint8; scale/zero: (B, H, NV, G) float16 with G=2
-    when ``hi`` (B, H, NV, ceil(nb*h/8)) and the static ``idx`` (H, nb) int16 boost a channel group.
+    when ``hi`` (B, H, NV, ceil(nb*h/8)) and the static ``idx`` (H, nb) int16 (ascending: slot s holds
+    channel ``idx[h, s]``) boost a channel group.
     """
     _check_src(src, "src")
     B, H, NV, DB = lo.shape
@@ -340,7 +327,7 @@ def pack_values(
     if R == 0:
         return
     mc = int(count.max()) if max_count is None else max_count
-    BT = 16
+    BT = max(2, min(16, triton.next_power_of_2(max(mc, 1))))  # decode flushes one token per row
     nb = idx.shape[-1] if boost else 0
     hbits = storage_bits(boost_bits - bits) if boost else 1
     nhb = hi.shape[-1] if boost else 1
@@ -371,14 +358,15 @@ def pack_values(
         NB=nb,
         NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
         NHB=nhb,
-        NHB_PAD=max(2, triton.next_power_of_2(nhb)),
         BOOST=boost,
         BT=BT,
-        num_warps=4,
+        num_warps=1 if BT <= 4 else 4,
     )
 
 
-def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page, num_warps: int = 4) -> None:
+def pack_keys_into(
+    st, src: torch.Tensor, rows, src_tok, dst_page, num_warps: int = 4, block_channels: int | None = None
+) -> None:
     """:func:`pack_key_pages` into a layer's storage ``st``: an object with ``cfg`` and the arrays
     ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),
     ``boost_idx`` (a static mask's, else None) and ``n_boost`` (both cache layers and
@@ -398,6 +386,7 @@ def pack_keys_into(st, src: torch.Tensor, rows, src_tok, dst_page, num_warps: in
         idx=st.k_idx if st.k_idx is not None else st.boost_idx,
         dynamic=st.k_idx is not None,
         n_boost=st.n_boost if st.k_hi is not None else 0,
+        block_channels=block_channels,
         num_warps=num_warps,
     )
 

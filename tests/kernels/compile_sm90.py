@@ -6,6 +6,11 @@ that need tensors). Prints one line per kernel variant.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import tempfile
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -24,6 +29,17 @@ def build(fn, ptr_types: dict, consts: dict, **opts):
         sig[n] = "constexpr" if n in consts else ptr_types.get(n, "fp32" if n == "qk_scale" else "i32")
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     return triton.compile(src, target=TARGET, options=opts)
+
+
+def usage(k) -> str:
+    """Registers and spill stack of a compiled kernel, from its cubin (Triton's bundled cuobjdump)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"{m.group(1)} registers, {m.group(2)} B stack" if m else "usage unknown"
 
 
 def main() -> None:
@@ -83,12 +99,15 @@ def main() -> None:
         zero="*fp16",
     )
     for mode in (0, 1, 2):
-        build(
+        k = build(
             qp._pack_key_page_kernel,
             pk,
-            dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if mode else 0, NB_PAD=16, MODE=mode),
-        )
-        print("pack keys", mode, flush=True)
+            dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if mode else 0, NB_PAD=16, MODE=mode,
+                 BC=32),
+        )  # fmt: skip
+        print("pack keys", mode, usage(k), flush=True)
+    k = build(qp._select_key_channels_kernel, pk, dict(P=128, D=128, NB=16, TC=32))
+    print("select key channels", usage(k), flush=True)
     pv = dict(
         src="*bf16",
         rows="*i32",
@@ -101,8 +120,8 @@ def main() -> None:
         scale="*fp16",
         zero="*fp16",
     )
-    for boost in (False, True):
-        build(
+    for boost, BT in ((False, 16), (True, 16), (False, 2), (True, 2)):
+        k = build(
             qp._pack_values_kernel,
             pv,
             dict(
@@ -113,12 +132,12 @@ def main() -> None:
                 NB=16 if boost else 0,
                 NB_PAD=16,
                 NHB=4 if boost else 1,
-                NHB_PAD=4 if boost else 2,
                 BOOST=boost,
-                BT=16,
+                BT=BT,
             ),
+            num_warps=1 if BT <= 4 else 4,
         )
-        print("pack values", boost, flush=True)
+        print("pack values", boost, BT, usage(k), flush=True)
     print("ALL COMPILED")
 
 

@@ -21,7 +21,8 @@ def _mask(H: int, D: int, g: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
 @pytest.mark.parametrize("D,dtype,P", [(64, torch.bfloat16, 32), (128, torch.float16, 64)])
-def test_key_pages_bitwise(mode, D, dtype, P, device):
+@pytest.mark.parametrize("block", [None, 16, 128])
+def test_key_pages_bitwise(mode, D, dtype, P, block, device):
     g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
     B, H, NP = 3, 2, 4
     src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
@@ -50,6 +51,7 @@ def test_key_pages_bitwise(mode, D, dtype, P, device):
         idx=idx,
         dynamic=mode == "dynamic",
         n_boost=0 if hi is None else NB,
+        block_channels=None if block is None else min(block, D),
     )
     for b, t0, pg in entries:
         page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
@@ -72,7 +74,8 @@ def test_key_pages_bitwise(mode, D, dtype, P, device):
 
 @pytest.mark.parametrize("boost", [False, True])
 @pytest.mark.parametrize("D,dtype", [(64, torch.float16), (128, torch.bfloat16)])
-def test_values_bitwise(boost, D, dtype, device):
+@pytest.mark.parametrize("decode", [False, True])
+def test_values_bitwise(boost, D, dtype, decode, device):
     g = torch.Generator().manual_seed(D + boost)
     B, H, NV = 3, 2, 60
     src = (torch.randn(B, H, 40, D, generator=g) * 2).to(dtype)
@@ -85,6 +88,8 @@ def test_values_bitwise(boost, D, dtype, device):
     hi = torch.zeros(B, H, NV, NB * 2 // 8, dtype=torch.uint8, device=device) if boost else None
     idx = boost_index(mask, NB).to(torch.int16).to(device) if boost else None
     entries = [(0, 0, 5, 20), (2, 3, 40, 1), (1, 10, 0, 17)]  # (row, src token, dst token, count)
+    if decode:  # one token per row, as a decode step flushes (the launcher's small-tile path)
+        entries = [(0, 7, 5, 1), (2, 39, 59, 1), (1, 0, 0, 1)]
     pack_values(src, *zip(*entries), lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx)
     for b, s0, d0, n in entries:
         pv = quantize_values(src[b, :, s0 : s0 + n].cpu(), 2, 4, mask if boost else None, NB if boost else 0)
