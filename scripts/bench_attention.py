@@ -37,8 +37,17 @@ METHODS = {
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
 SHAPES = [(1, 32768), (8, 32768), (32, 8192), (64, 4096), (8, 131072)]
-# kernel configurations timed per (shape, method): defaults, then (waves, num_stages, maxnreg) overrides
-CONFIGS = {"default": {}, "wv8": {"waves": 8.0}, "s2": {"num_stages": 2}}
+# kernel configurations timed per (shape, method): defaults, then overrides of decode_attention's options
+CONFIGS = {
+    "default": {},
+    "wv8": {"waves": 8.0},
+    "r1": {"rest_programs": 1},
+    "r2": {"rest_programs": 2},
+    "r4": {"rest_programs": 4},
+    "r2w4": {"rest_programs": 2, "rest_warps": 4},
+    "rw4": {"rest_warps": 4},
+    "n168": {"maxnreg": 168},
+}
 
 
 def copy_bandwidth(dev) -> dict:

@@ -89,6 +89,8 @@ def decode_attention(
     waves: float = 4.0,
     maxnreg: int | None = None,
     overlap: bool = True,
+    rest_programs: int | None = None,
+    rest_warps: int | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -101,7 +103,9 @@ def decode_attention(
     ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
     values, none with them, 0 for none). ``num_stages``: default 3. The
     defaults are the fastest of the H200 sweep in ``benchmarks/results/tune_decode_attention_h200.json``. ``overlap``: on CUDA, run
-    the rest kernel on a side stream beside the page kernel.
+    the rest kernel on a side stream beside the page kernel. ``rest_programs``: rest programs per
+    (row, KV head), each striding over the rest tiles (default: :func:`n_rest`); ``rest_warps``:
+    their warps (default 8 for 32-token tiles, else 4).
     """
     st.check()
     B, Hq, D = q.shape
@@ -145,7 +149,9 @@ def decode_attention(
     n_tiles = max_tiles * 64 // BN if paged else 0
     ns = split_count(B, H, n_tiles, n_sm, waves) if n_splits is None else n_splits
     ns = ns if paged else 0
-    nr = n_rest(c, BN, BT, paged, n_sm, B, H)
+    nr = n_rest(c, BN, BT, paged, n_sm, B, H) if rest_programs is None else rest_programs
+    if nr < 1:
+        raise ValueError(f"rest_programs={rest_programs}: expected >= 1")
     nslot = ns + nr
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
@@ -196,7 +202,7 @@ def decode_attention(
             scaling * LOG2E, H, ns, nr, nslot,
             GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, BT=BT, NB=nb, NBP=NBP,
             KBOOST=kboost, VBOOST=vboost, PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None,
-            num_warps=8 if BT == 32 else 4, num_stages=1,
+            num_warps=rest_warps or (8 if BT == 32 else 4), num_stages=1,
         )  # fmt: skip
 
     if side is None:

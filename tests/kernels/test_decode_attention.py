@@ -14,7 +14,7 @@ import pytest
 import torch
 from attention_checks import check_attention, make_cfg
 
-from fcboost.kernels.decode_attention import decode_attention
+from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 
@@ -63,6 +63,18 @@ def test_split_count_does_not_change_result(device):
     q = torch.randn(1, 2, 64, device=device).to(torch.float16)
     outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
     assert (outs[0] - outs[1]).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("programs", [1, 2])
+def test_rest_programs_do_not_change_result(programs, device):
+    """Fewer rest programs per (row, head), each striding over several rest tiles (sink, tail,
+    buffers, new token), against the reference."""
+    st = random_state(_cfg("kitty", **PAPER), [700, 33], 1, 64, torch.float16, device, seed=5)
+    q = torch.randn(2, 2, 64, device=device).to(torch.float16)
+    kn, vn = (torch.randn(2, 1, 64, device=device).to(torch.float16) for _ in range(2))
+    ref = decode_attention_reference(q, st, 0.125, kn, vn)
+    out = decode_attention(q, st, 0.125, kn, vn, rest_programs=programs, rest_warps=4).float()
+    assert ((out - ref).norm() / ref.norm()) < 1e-3
 
 
 def test_bad_input_raises(device):
