@@ -250,6 +250,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--dynamic-steps", type=int, default=24)
     ap.add_argument("--hf-static-steps", type=int, default=64, help="extra steps timed for hf_static")
+    ap.add_argument(
+        "--hf-static-contexts",
+        type=int,
+        nargs="*",
+        help="contexts for hf_static (default: all; it compiles per shape)",
+    )
     ap.add_argument("--equal-batch", type=int, default=8)
     ap.add_argument("--sweep", type=int, nargs="*", default=[16, 32, 64, 128])
     ap.add_argument("--budget-gib", type=float, default=120.0)
@@ -320,7 +326,8 @@ def main() -> None:
         if (
             "hf_static" in batches
         ):  # equal-batch comparison only (its bytes and largest batch = static_bf16's)
-            batches["hf_static"] = [1, args.equal_batch]
+            keep = args.hf_static_contexts is None or L in args.hf_static_contexts
+            batches["hf_static"] = [1, args.equal_batch] if keep else []
         for k in args.caches:
             for B in sorted(set(batches[k])):
                 if (L, k, B) not in done:

@@ -79,7 +79,7 @@ def main() -> None:
             build(ap._page_kernel, ptrs, page, num_warps=4, num_stages=3, **({} if vb else {"maxnreg": 128}))
             rest = dict(GQ=4, BM=16, D=D, S=32, P=128, BN=4 * R, BT=32, NB=nb, NBP=16, KBOOST=kb, VBOOST=vb,
                         PAGED=True, HAS_NEW=new, KDYN=kdyn)  # fmt: skip
-            build(ar._rest_kernel, ptrs, rest, num_warps=8, num_stages=1)
+            build(ar._rest_kernel, ptrs, rest, num_warps=4, num_stages=1)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
             ar._combine_kernel,
