@@ -43,10 +43,7 @@ CONFIGS = {
     "wv8": {"waves": 8.0},
     "r1": {"rest_programs": 1},
     "r2": {"rest_programs": 2},
-    "r4": {"rest_programs": 4},
-    "r2w4": {"rest_programs": 2, "rest_warps": 4},
-    "rw4": {"rest_warps": 4},
-    "n168": {"maxnreg": 168},
+    "r2w8": {"rest_programs": 2, "rest_warps": 8},
 }
 
 

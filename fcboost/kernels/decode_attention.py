@@ -57,12 +57,26 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE[key]
 
 
-def split_count(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 4.0) -> int:
-    """Page-tile programs per (row, KV head): about ``waves`` programs per SM, >= 4 tiles each."""
+def split_count(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 4.0, per_sm: int = 4) -> int:
+    """Page-tile programs per (row, KV head), >= 4 tiles each.
+
+    Small batches: about ``waves`` programs per SM. Once one program per (row, head) about fills
+    the GPU, the split in 1..8 with the least idle tail: ``ceil(B*H*s / slots) * ceil(tiles / s)``
+    tile-times, ``slots = per_sm * n_sm`` programs resident at once (wave quantization: 1096
+    programs of 256 tiles on 264 slots run 5 waves for 4.15 waves of work; split 4 runs 17 of 64
+    tiles, 15% less)."""
     if max_tiles == 0:
         return 0
-    want = max(1, round(waves * n_sm / (B * H)))
-    return max(1, min(want, -(-max_tiles // 4)))
+    cap = max(1, -(-max_tiles // 4))
+    want = round(waves * n_sm / (B * H))
+    if want >= 2:
+        return min(want, cap)
+    slots = max(1, per_sm * n_sm)
+
+    def cost(s: int) -> tuple:
+        return (-(-B * H * s // slots)) * (-(-max_tiles // s)), s
+
+    return min(range(1, min(8, cap) + 1), key=cost)
 
 
 def n_rest(cfg, BN: int, BT: int, paged: bool, n_sm: int, B: int, H: int) -> int:
@@ -150,7 +164,10 @@ def decode_attention(
     if max_tiles is None:
         max_tiles = int((torch.minimum(st.n_pages * P, st.n_vq) // 64).max()) if paged else 0
     n_tiles = max_tiles * 64 // BN if paged else 0
-    ns = split_count(B, H, n_tiles, n_sm, waves) if n_splits is None else n_splits
+    if maxnreg is None:
+        maxnreg = 0 if st.v_hi is not None else 128
+    per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
+    ns = split_count(B, H, n_tiles, n_sm, waves, per_sm) if n_splits is None else n_splits
     ns = ns if paged else 0
     nr = n_rest(c, BN, BT, paged, n_sm, B, H) if rest_programs is None else rest_programs
     if nr < 1:
@@ -160,8 +177,6 @@ def decode_attention(
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
-    if maxnreg is None:
-        maxnreg = 0 if vboost else 128
     if num_stages is None:
         num_stages = 3
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)

@@ -327,7 +327,7 @@ def pack_values(
     if R == 0:
         return
     mc = int(count.max()) if max_count is None else max_count
-    BT = max(2, min(16, triton.next_power_of_2(max(mc, 1))))  # decode flushes one token per row
+    BT = 2 if mc <= 2 else 16  # decode steps flush one token per row; two variants, two compilations
     nb = idx.shape[-1] if boost else 0
     hbits = storage_bits(boost_bits - bits) if boost else 1
     nhb = hi.shape[-1] if boost else 1

@@ -14,7 +14,7 @@ import pytest
 import torch
 from attention_checks import check_attention, make_cfg
 
-from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
+from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference, split_count
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 
@@ -63,6 +63,24 @@ def test_split_count_does_not_change_result(device):
     q = torch.randn(1, 2, 64, device=device).to(torch.float16)
     outs = [decode_attention(q, st, 0.125, n_splits=n).float() for n in (1, 3)]
     assert (outs[0] - outs[1]).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize(
+    "B,per_sm,want",
+    [
+        (1, 4, 64),  # batch 1 x 256 tiles: ~4 programs per SM, capped at 4 tiles each -> 64
+        (8, 2, 8),  # 8 x 32K: round(4 * 132 / 64)
+        # 1096 programs on 264 slots: 5 waves x 256 tiles = 1280 tile-times; splits 2..8 cost
+        # 1152, 1118, 1088, 1092, 1075, 1110, 1088 -> 6
+        (137, 2, 6),
+        # 1272 on 528: 3 x 256 = 768; splits 2..8: 640, 688, 640, 676, 645, 629, 640 -> 7
+        (159, 4, 7),
+        (64, 4, 1),  # 512 programs fit one wave of 528
+    ],
+)
+def test_split_count_wave_quantization(B, per_sm, want):
+    """Hand-computed splits on an H200 (132 SMs) at 8 KV heads and 256 page tiles per row."""
+    assert split_count(B, 8, 256 if B != 64 else 32, 132, per_sm=per_sm) == want
 
 
 @pytest.mark.parametrize("programs", [1, 2])
