@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -175,6 +176,8 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
 
 
 def _git_commit() -> str:
+    if os.environ.get("FCBOOST_COMMIT"):  # a device copy of the tree may carry a stale .git
+        return os.environ["FCBOOST_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
     except Exception:

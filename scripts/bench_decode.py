@@ -293,7 +293,10 @@ def main() -> None:
     ap.add_argument("--kernel-sweep", action="store_true", help="time decode_attention alone vs n_splits")
     args = ap.parse_args()
     t_start = time.time()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = (
+        os.environ.get("FCBOOST_COMMIT")
+        or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )  # a device copy of the tree may carry a stale .git: pass the commit in
     res = dict(
         command=" ".join([sys.executable.split("/")[-1]] + sys.argv),
         git_commit=commit,
@@ -321,7 +324,7 @@ def main() -> None:
     if args.prev:
         prev = json.load(open(args.prev))
         for r in prev["runs"]:
-            r["source"] = prev.get("git_commit", "prev")
+            r.setdefault("source", prev.get("git_commit", "prev"))
             res["runs"].append(r)
             done.add((r["L"], r["kind"], r["B"]))
         res["prev_command"], res["prev_commit"] = prev.get("command"), prev.get("git_commit")
