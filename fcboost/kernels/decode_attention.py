@@ -15,9 +15,10 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   per-tile cross-warp reduction is the running max. Boosted value channels (a static mask's, with
   their own scale group) reuse the unpacked lo codes with ``p*s1`` and add ``4 (p*s1) . hi`` from
   the dense hi plane in slot order; the epilogue maps slots to channels.
-- ``_rest_kernel``, grid ``(B*H, NREST)``: one ``BT``-token tile per program of what is left
-  (sink, the partly quantized tail, key buffer, value window, new token), each token from
-  whichever source holds it, rounded to the model dtype as the reference does; without page tiles
+- ``_rest_kernel``, grid ``(B*H, NREST)``: ``BT``-token tiles of what is left (sink, the partly
+  quantized tail, key buffer, value window, new token), program j taking tiles j, j+NREST, ...
+  (:func:`n_rest`: one tile per program at small batch, one program per (row, head) at large
+  batch), each token from whichever source holds it, rounded to the model dtype as the reference does; without page tiles
   (head_dim < 64 or page size not a multiple of ``BN``) programs stride over all of a row's tiles.
   On CUDA it runs on a side stream beside the page kernel.
 - ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
@@ -29,7 +30,7 @@ plus two ``prmt``): each masked byte becomes the mantissa of a *subnormal* half,
 offset for the tensor cores' fp32 accumulation to lose (a ``1024 + code`` variant lost 7x in
 precision on the H200); the interpreter uses plain integer codes. Supported: 2-bit keys/values
 with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Measured figures:
-``benchmarks/results/bench_attention_v3_h200.json``.
+``benchmarks/results/bench_attention_s3_h200.json``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ round-to-nearest. Kitty's per-page selection ranks channels by ``sum(|k|) / P`` 
 ties or 1-ulp differences of that score between torch's and Triton's reduction order could pick
 another channel, which random data practically never hits (the codes test checks it).
 
-One launch serves every (row, page) / (row, token run) entry of a layer and all its KV heads:
-grid ``(entries, H)`` for keys, ``(entries, H, token tiles)`` for values.
+One launch serves every (row, page) / (row, token run) entry of a layer and all its KV heads: grid
+``(entries, H, D / 32)`` for keys (per-channel statistics, so a program takes a 32-channel block;
+Kitty first runs ``_select_key_channels_kernel``, grid ``(entries, H)``, which writes each page's
+ascending channel list that the pack then reads like a static mask), ``(entries, H, token tiles)``
+for values (a 2-token tile on one warp for the one-token flush of a decode step, 16 tokens otherwise).
+H200 figures: ``benchmarks/results/bench_attention_s3_h200.json``.
 """
 
 from __future__ import annotations
