@@ -176,6 +176,17 @@ class StaticQuantLayer(_StaticBase):
         if cfg.selector == "static":
             if boost_idx is None:
                 raise ValueError("selector='static' needs boost_idx (H, nb)")
+            bi = boost_idx.long()
+            if (
+                bi.ndim != 2
+                or bi.shape[0] != H
+                or (bi.shape[1] > 1 and not bool((bi.diff(dim=-1) > 0).all()))
+            ):
+                raise ValueError(
+                    f"boost_idx must be (H={H}, nb) strictly ascending channels per head (slot s holds "
+                    f"channel boost_idx[h, s], as fcboost.quant.mixed.boost_index makes it); got "
+                    f"{tuple(boost_idx.shape)} {boost_idx.tolist() if boost_idx.numel() <= 64 else ''}"
+                )
             self.n_boost = boost_idx.shape[-1]
         self.boost_idx = None if boost_idx is None else boost_idx.to(self.device, torch.int16).contiguous()
         self.k_hi = self.k_idx = self.v_hi = None

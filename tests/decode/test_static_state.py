@@ -93,6 +93,9 @@ def test_storage_bytes_and_bad_input(device):
     assert 6.5 < ratio < 7.2  # 72 bytes per token and head against 512, plus 16-bit sink/buffers
     with pytest.raises(ValueError, match="2-bit"):
         StaticQuantLayer(KVQuantConfig.kivi(key_bits=4), 0, 1, 64, H, D, torch.float16, device)
+    unsorted = torch.tensor([[5, 2] + list(range(6, 20))] * H, dtype=torch.int16)  # slot order broken
+    with pytest.raises(ValueError, match="strictly ascending"):
+        StaticQuantLayer(KVQuantConfig.static(), 0, 1, 64, H, D, torch.float16, device, unsorted)
     with pytest.raises(ValueError, match="needs a ChannelMask"):
         from fcboost.cache.static import StaticKVCache
 
