@@ -350,7 +350,8 @@ def main() -> None:
                 batches[k] += [b for b in args.sweep if b < mx[k]]
         if (
             "hf_static" in batches
-        ):  # equal-batch comparison only (its bytes and largest batch = static_bf16's)
+        ):  # equal batches only: generate prefills every row in one forward (no chunking), which
+            # at bf16's largest batch (23 x 32K) needs more memory than the budget leaves
             keep = args.hf_static_contexts is None or L in args.hf_static_contexts
             batches["hf_static"] = [1, args.equal_batch] if keep else []
         for k in args.caches:
