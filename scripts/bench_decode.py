@@ -350,8 +350,9 @@ def main() -> None:
                 batches[k] += [b for b in args.sweep if b < mx[k]]
         if (
             "hf_static" in batches
-        ):  # equal batches only: generate prefills every row in one forward (no chunking), which
-            # at bf16's largest batch (23 x 32K) needs more memory than the budget leaves
+        ):  # equal batches only: generate prefills every row in one forward (no chunking); at bf16's
+            # largest batch, 23 x 32K, that is estimated beyond the GPU (15 GiB weights + 104 GiB cache
+            # + 17 GiB for one MLP activation of 754K tokens), not run
             keep = args.hf_static_contexts is None or L in args.hf_static_contexts
             batches["hf_static"] = [1, args.equal_batch] if keep else []
         for k in args.caches:
