@@ -161,6 +161,7 @@ def _pack_values_kernel(
         xb = tl.load(row + sidx[None, :], mask=tm[:, None] & (s < NB)[None, :], other=0.0).to(tl.float32)
         qb = tl.math.floor(tl.math.div_rn(xb - z1.to(tl.float32)[:, None], s1.to(tl.float32)[:, None]) + 0.5)
         cbh = tl.minimum(tl.maximum(qb, 0.0), 2**BOOST_BITS - 1.0).to(tl.int32) >> BITS  # (BT, NB_PAD)
+        cbh = tl.where((s < NB)[None, :], cbh, 0)  # padding slots of the last byte stay 0
         HPER: tl.constexpr = 8 // HBITS
         hsh = (tl.arange(0, HPER) * HBITS)[None, None, :]
         hb = tl.sum(tl.reshape(cbh, (BT, NB_PAD // HPER, HPER)) << hsh, axis=2)  # (BT, NB_PAD/HPER)

@@ -21,17 +21,19 @@ def _cfg(method: str) -> KVQuantConfig:
         "kivi": KVQuantConfig.kivi(**SMALL),
         "kitty": KVQuantConfig.kitty(n_boost=8, **SMALL),
         "static": KVQuantConfig.static(**SMALL),
+        "static6": KVQuantConfig.static(**SMALL),  # 3 pairs: the value hi plane ends in a padded byte
     }[method]
 
 
 def _layers(method, B, max_len, dtype, device, g):
     cfg = _cfg(method)
     bidx = None
-    if method == "static":
+    if method.startswith("static"):
+        nb = 6 if method == "static6" else 8
         m = torch.zeros(H, D, dtype=torch.bool)
         for h in range(H):
-            m[h, torch.randperm(D, generator=g)[:8]] = True
-        sel, bidx = StaticMask(m, True), boost_index(m, 8).to(torch.int16)
+            m[h, torch.randperm(D, generator=g)[:nb]] = True
+        sel, bidx = StaticMask(m, True), boost_index(m, nb).to(torch.int16)
     else:
         sel = DynamicMagnitude(8) if method == "kitty" else NoBoost()
     ref = QuantizedLayer(cfg, sel, 0, bidx)
@@ -39,7 +41,7 @@ def _layers(method, B, max_len, dtype, device, g):
     return ref, st
 
 
-@pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static6"])
 def test_prefill_and_decode_state_equals_reference(method, device):
     g = torch.Generator().manual_seed(3)
     dtype = torch.bfloat16

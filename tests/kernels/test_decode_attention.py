@@ -51,6 +51,15 @@ def test_matches_reference(method, dtype, D, G, R, device):
     )
 
 
+@pytest.mark.parametrize("n_boost", [2, 6])
+def test_boost_count_not_multiple_of_four(n_boost, device):
+    """1 or 3 RoPE pairs: the dense hi planes end in a partly used byte (padding slots)."""
+    cfg = KVQuantConfig.static(n_boost=n_boost, boost_values=True, **PAPER)
+    _check(cfg, [161, 700], H=1, G=4, D=64, dtype=torch.float16, device=device, n_splits=2)
+    cfg = KVQuantConfig.kitty(n_boost=n_boost, **PAPER)
+    _check(cfg, [161, 700], H=1, G=4, D=64, dtype=torch.float16, device=device, n_splits=2)
+
+
 @pytest.mark.parametrize("method", ["kitty", "static"])
 def test_state_holding_new_token(method, device):
     """The new token already in the buffers (no k_new), default split count, P=W=64."""

@@ -12,17 +12,18 @@ from fcboost.quant.selectors import DynamicMagnitude
 NB = 16
 
 
-def _mask(H: int, D: int, g: torch.Generator) -> torch.Tensor:
+def _mask(H: int, D: int, g: torch.Generator, nb: int = NB) -> torch.Tensor:
     m = torch.zeros(H, D, dtype=torch.bool)
     for h in range(H):
-        m[h, torch.randperm(D, generator=g)[:NB]] = True
+        m[h, torch.randperm(D, generator=g)[:nb]] = True
     return m
 
 
 @pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
 @pytest.mark.parametrize("D,dtype,P", [(64, torch.bfloat16, 32), (128, torch.float16, 64)])
 @pytest.mark.parametrize("block", [None, 16, 128])
-def test_key_pages_bitwise(mode, D, dtype, P, block, device):
+@pytest.mark.parametrize("nb", [NB, 6])
+def test_key_pages_bitwise(mode, D, dtype, P, block, nb, device):
     g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
     B, H, NP = 3, 2, 4
     src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
@@ -30,10 +31,10 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, device):
     src = src.to(device)
     lo = torch.zeros(B, H, NP, P // 4, D, dtype=torch.uint8, device=device)
     sc, zr = (torch.zeros(B, H, NP, D, dtype=torch.float16, device=device) for _ in range(2))
-    hi = None if mode == "none" else torch.zeros(B, H, NP, P // 4, NB, dtype=torch.uint8, device=device)
-    mask = _mask(H, D, g)
-    sidx = boost_index(mask, NB).to(torch.int16)
-    idx = {"none": None, "dynamic": torch.zeros(B, H, NP, NB, dtype=torch.int16), "static": sidx}[mode]
+    hi = None if mode == "none" else torch.zeros(B, H, NP, P // 4, nb, dtype=torch.uint8, device=device)
+    mask = _mask(H, D, g, nb)
+    sidx = boost_index(mask, nb).to(torch.int16)
+    idx = {"none": None, "dynamic": torch.zeros(B, H, NP, nb, dtype=torch.int16), "static": sidx}[mode]
     idx = None if idx is None else idx.to(device)
     entries = [(0, 0, 1), (2, 3, 3), (1, 5, 0)]  # (row, first token, page)
     rows, toks, pages = zip(*entries)
@@ -50,17 +51,17 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, device):
         hi=hi,
         idx=idx,
         dynamic=mode == "dynamic",
-        n_boost=0 if hi is None else NB,
+        n_boost=0 if hi is None else nb,
         block_channels=None if block is None else min(block, D),
     )
     for b, t0, pg in entries:
         page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
         isb = {
             "none": None,
-            "dynamic": DynamicMagnitude(NB).key_boost(page) if mode == "dynamic" else None,
+            "dynamic": DynamicMagnitude(nb).key_boost(page) if mode == "dynamic" else None,
             "static": mask.unsqueeze(1),
         }[mode]
-        pk = quantize_key_pages(page, 2, 4, isb, 0 if isb is None else NB)
+        pk = quantize_key_pages(page, 2, 4, isb, 0 if isb is None else nb)
         assert torch.equal(pk.lo[:, 0], lo[b, :, pg].cpu()), f"lo codes differ, row {b} page {pg}"
         assert torch.equal(pk.scale[:, 0], sc[b, :, pg].cpu()), f"scales differ, row {b}"
         assert torch.equal(pk.zero[:, 0], zr[b, :, pg].cpu()), f"zeros differ, row {b}"
@@ -75,7 +76,8 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, device):
 @pytest.mark.parametrize("boost", [False, True])
 @pytest.mark.parametrize("D,dtype", [(64, torch.float16), (128, torch.bfloat16)])
 @pytest.mark.parametrize("decode", [False, True])
-def test_values_bitwise(boost, D, dtype, decode, device):
+@pytest.mark.parametrize("nb", [NB, 6])  # 6: the last hi byte holds 2 slots and 2 padding slots
+def test_values_bitwise(boost, D, dtype, decode, nb, device):
     g = torch.Generator().manual_seed(D + boost)
     B, H, NV = 3, 2, 60
     src = (torch.randn(B, H, 40, D, generator=g) * 2).to(dtype)
@@ -84,15 +86,15 @@ def test_values_bitwise(boost, D, dtype, decode, device):
     G = 2 if boost else 1
     lo = torch.zeros(B, H, NV, D // 4, dtype=torch.uint8, device=device)
     sc, zr = (torch.zeros(B, H, NV, G, dtype=torch.float16, device=device) for _ in range(2))
-    mask = _mask(H, D, g)
-    hi = torch.zeros(B, H, NV, NB * 2 // 8, dtype=torch.uint8, device=device) if boost else None
-    idx = boost_index(mask, NB).to(torch.int16).to(device) if boost else None
+    mask = _mask(H, D, g, nb)
+    hi = torch.zeros(B, H, NV, -(-nb * 2 // 8), dtype=torch.uint8, device=device) if boost else None
+    idx = boost_index(mask, nb).to(torch.int16).to(device) if boost else None
     entries = [(0, 0, 5, 20), (2, 3, 40, 1), (1, 10, 0, 17)]  # (row, src token, dst token, count)
     if decode:  # one token per row, as a decode step flushes (the launcher's small-tile path)
         entries = [(0, 7, 5, 1), (2, 39, 59, 1), (1, 0, 0, 1)]
     pack_values(src, *zip(*entries), lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx)
     for b, s0, d0, n in entries:
-        pv = quantize_values(src[b, :, s0 : s0 + n].cpu(), 2, 4, mask if boost else None, NB if boost else 0)
+        pv = quantize_values(src[b, :, s0 : s0 + n].cpu(), 2, 4, mask if boost else None, nb if boost else 0)
         assert torch.equal(pv.lo, lo[b, :, d0 : d0 + n].cpu()), f"lo codes differ, row {b}"
         assert torch.equal(pv.scale, sc[b, :, d0 : d0 + n].cpu()), f"scales differ, row {b}"
         assert torch.equal(pv.zero, zr[b, :, d0 : d0 + n].cpu()), f"zeros differ, row {b}"
