@@ -31,9 +31,11 @@ class DynamicMagnitude:
     n_boost: int
 
     def key_boost(self, pages: torch.Tensor) -> torch.Tensor:
-        """``pages`` ``(H, n_pages, P, D)`` -> bool ``(H, n_pages, D)`` with ``n_boost`` channels set."""
+        """``pages`` ``(H, n_pages, P, D)`` -> bool ``(H, n_pages, D)`` with ``n_boost`` channels set;
+        ties go to the lower channel (a stable sort; ``topk`` leaves them unspecified), as in the
+        Triton pack kernel."""
         score = pages.float().abs().mean(dim=-2)  # (H, n_pages, D)
-        top = score.topk(self.n_boost, dim=-1).indices
+        top = score.sort(dim=-1, descending=True, stable=True).indices[..., : self.n_boost]
         return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top, True)
 
     def value_boost(self) -> torch.Tensor | None:

@@ -102,6 +102,24 @@ def test_values_bitwise(boost, D, dtype, decode, nb, device):
             assert torch.equal(pv.hi, hi[b, :, d0 : d0 + n].cpu()), f"hi codes differ, row {b}"
 
 
+def test_kitty_ties_go_to_the_lower_channel(device):
+    """A page with 3 non-zero channels and 8 to boost: 5 zero-score channels tie; the kernel and the
+    reference both take the lowest-numbered ones."""
+    P, D, nb = 32, 64, 8
+    src = torch.zeros(1, 1, P, D, dtype=torch.float16)
+    src[0, 0, :, [40, 7, 63]] = torch.randn(P, 3).to(torch.float16) + 3
+    src = src.to(device)
+    lo = torch.zeros(1, 1, 1, P // 4, D, dtype=torch.uint8, device=device)
+    sc, zr = (torch.zeros(1, 1, 1, D, dtype=torch.float16, device=device) for _ in range(2))
+    hi = torch.zeros(1, 1, 1, P // 4, nb, dtype=torch.uint8, device=device)
+    idx = torch.zeros(1, 1, 1, nb, dtype=torch.int16, device=device)
+    pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx,
+                   dynamic=True, n_boost=nb)  # fmt: skip
+    assert idx[0, 0, 0].tolist() == [0, 1, 2, 3, 4, 7, 40, 63]
+    ref = DynamicMagnitude(nb).key_boost(src[0].cpu().unsqueeze(1))  # (H, 1, D)
+    assert ref[0, 0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 7, 40, 63]
+
+
 def test_bad_input_raises(device):
     src = torch.randn(1, 2, 8, 64, device=device).to(torch.float16)
     lo = torch.zeros(1, 2, 1, 8, 64, dtype=torch.uint8, device=device)
