@@ -177,11 +177,7 @@ class StaticQuantLayer(_StaticBase):
             if boost_idx is None:
                 raise ValueError("selector='static' needs boost_idx (H, nb)")
             bi = boost_idx.long()
-            if (
-                bi.ndim != 2
-                or bi.shape[0] != H
-                or (bi.shape[1] > 1 and not bool((bi.diff(dim=-1) > 0).all()))
-            ):
+            if bi.ndim != 2 or bi.shape[0] != H or not bool((bi.diff(dim=-1) > 0).all()):
                 raise ValueError(
                     f"boost_idx must be (H={H}, nb) strictly ascending channels per head (slot s holds "
                     f"channel boost_idx[h, s], as fcboost.quant.mixed.boost_index makes it); got "

@@ -102,7 +102,7 @@ def decode_attention(
     tile_rows: int | None = None,
     max_tiles: int | None = None,
     num_warps: int = 4,
-    num_stages: int | None = None,
+    num_stages: int = 3,
     use_asm: bool | None = None,
     waves: float = 4.0,
     maxnreg: int | None = None,
@@ -116,14 +116,14 @@ def decode_attention(
     after the state's ``n_real`` tokens (None: the state already holds it). Returns (B, Hq, D) in
     q's dtype. ``max_tiles`` (host int) bounds the 64-token page tiles per row, for the split count
     only (default: read from ``st``, a device sync). ``tile_rows`` R: page tiles of 4R tokens (16,
-    32 or 64; default 32 when the page size allows, else 16). ``use_asm``: the inline-PTX code unpacking (default: on CUDA devices). ``waves``:
-    page programs per SM the split count aims at.
+    32 or 64; default 32 when the page size allows, else 16). ``use_asm``: the inline-PTX code
+    unpacking (default: on CUDA devices). ``waves``: page programs per SM the split count aims at.
     ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
-    values, none with them, 0 for none). ``num_stages``: default 3. The
-    defaults are the fastest of the H200 sweep in ``benchmarks/results/tune_decode_attention_h200.json``. ``overlap``: on CUDA, run
-    the rest kernel on a side stream beside the page kernel. ``rest_programs``: rest programs per
-    (row, KV head), each striding over the rest tiles (default: :func:`n_rest`); ``rest_warps``:
-    their warps (default 4).
+    values, none with them, 0 for none). ``overlap``: on CUDA, run the rest kernel on a side stream
+    beside the page kernel. ``rest_programs``: rest programs per (row, KV head), each striding over
+    the rest tiles (default: :func:`n_rest`); ``rest_warps``: their warps (default 4). Defaults
+    come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
+    ``tune_rest_h200.json``).
     """
     st.check()
     B, Hq, D = q.shape
@@ -165,8 +165,10 @@ def decode_attention(
     if max_tiles is None:
         max_tiles = int((torch.minimum(st.n_pages * P, st.n_vq) // 64).max()) if paged else 0
     n_tiles = max_tiles * 64 // BN if paged else 0
+    kboost = st.k_hi is not None
+    vboost = st.v_hi is not None
     if maxnreg is None:
-        maxnreg = 0 if st.v_hi is not None else 128
+        maxnreg = 0 if vboost else 128
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     ns = split_count(B, H, n_tiles, n_sm, waves, per_sm) if n_splits is None else n_splits
     ns = ns if paged else 0
@@ -176,10 +178,6 @@ def decode_attention(
     nslot = ns + nr
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
-    kboost = st.k_hi is not None
-    vboost = st.v_hi is not None
-    if num_stages is None:
-        num_stages = 3
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
     o_m = torch.empty(B * H, nslot, GQ, dtype=torch.float32, device=q.device)
     o_l = torch.empty_like(o_m)

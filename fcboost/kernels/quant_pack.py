@@ -22,8 +22,6 @@ import triton.language as tl
 
 from fcboost.quant.core import storage_bits
 
-MODE_NONE, MODE_DYNAMIC, MODE_STATIC = 0, 1, 2
-
 
 @triton.jit
 def _pack_key_page_kernel(
@@ -34,7 +32,7 @@ def _pack_key_page_kernel(
     idx, s_ib, s_ih, s_ip,  # (B, H, NP, nb) int16 per page (Kitty) or (H, nb) with zero b/p strides
     scale, zero, s_qb, s_qh, s_qp,  # (B, H, NP, D) float16
     P: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr,
-    NB: tl.constexpr, NB_PAD: tl.constexpr, MODE: tl.constexpr, BC: tl.constexpr,
+    NB: tl.constexpr, NB_PAD: tl.constexpr, BOOST: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """Program (entry, head, channel block): the ``BC`` channels ``cblk*BC..`` of one page (per-channel
     statistics need no other channel); the boosted channels come ascending from ``idx``."""
@@ -51,7 +49,7 @@ def _pack_key_page_kernel(
     x = tl.load(base + t[:, None] * s_st + c[None, :]).to(tl.float32)  # (P, BC)
     mn = tl.min(x, axis=0)
     mx = tl.max(x, axis=0)
-    if MODE != 0:  # boosted channels, ascending (Kitty's written by _select_key_channels_kernel)
+    if BOOST:  # boosted channels, ascending (Kitty's written by _select_key_channels_kernel)
         s = tl.arange(0, NB_PAD)
         sidx = tl.load(idx + b * s_ib + h * s_ih + pg * s_ip + s, mask=s < NB, other=D).to(tl.int32)
         is_b = tl.sum((sidx[None, :] == c[:, None]).to(tl.int32), axis=1) > 0
@@ -73,7 +71,7 @@ def _pack_key_page_kernel(
     q_off = b * s_qb + h * s_qh + pg * s_qp + c
     tl.store(scale + q_off, sc)
     tl.store(zero + q_off, zr)
-    if MODE != 0:
+    if BOOST:
         HPER: tl.constexpr = 8 // HBITS
         hsh = (tl.arange(0, HPER) * HBITS)[None, :, None]
         hp = tl.sum(tl.reshape(codes >> BITS, (P // HPER, HPER, BC)) << hsh, axis=1)  # (P/HPER, BC)
@@ -246,22 +244,21 @@ def pack_key_pages(
     R = rows.numel()
     if R == 0:
         return
-    mode = MODE_NONE if hi is None else (MODE_DYNAMIC if dynamic else MODE_STATIC)
-    nb = 0 if hi is None else hi.shape[-1]
-    if mode != MODE_NONE and nb != n_boost:
+    boost = hi is not None
+    nb = hi.shape[-1] if boost else 0
+    if boost and nb != n_boost:
         raise ValueError(f"hi plane has {nb} slots but n_boost={n_boost}")
-    hbits = 0 if hi is None else storage_bits(boost_bits - bits)
-    dummy = lo
-    hi_t = hi if hi is not None else dummy
-    idx_t = idx if idx is not None else dummy
-    hs = hi.stride()[:4] if hi is not None else (0, 0, 0, 0)
+    hbits = storage_bits(boost_bits - bits) if boost else 1
+    hi_t = hi if boost else lo
+    idx_t = idx if idx is not None else lo
+    hs = hi.stride()[:4] if boost else (0, 0, 0, 0)
     is_ = (
         idx.stride()[:3] if (idx is not None and dynamic) else (0, idx.stride(0) if idx is not None else 0, 0)
     )
     BC = min(D, 32) if block_channels is None else block_channels
     if BC not in (16, 32, 64, 128, 256) or D % BC:
         raise ValueError(f"block_channels={BC}: expected a power of two >= 16 dividing head_dim={D}")
-    if mode == MODE_DYNAMIC:  # Kitty: choose each page's channels first, then pack as a static mask
+    if boost and dynamic:  # Kitty: choose each page's channels first, then pack as a static mask
         _select_key_channels_kernel[(R, H)](
             src, *src.stride()[:3], rows, src_tok, dst_page, idx, *is_, P=P, D=D, NB=nb, TC=min(P, 32),
             num_warps=4,
@@ -287,10 +284,10 @@ def pack_key_pages(
         D=D,
         BITS=bits,
         BOOST_BITS=boost_bits,
-        HBITS=max(hbits, 1),
+        HBITS=hbits,
         NB=nb,
         NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
-        MODE=mode,
+        BOOST=boost,
         BC=BC,
         num_warps=num_warps,
     )

@@ -98,14 +98,14 @@ def main() -> None:
         scale="*fp16",
         zero="*fp16",
     )
-    for mode in (0, 1, 2):
+    for boost in (False, True):
         k = build(
             qp._pack_key_page_kernel,
             pk,
-            dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if mode else 0, NB_PAD=16, MODE=mode,
+            dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if boost else 0, NB_PAD=16, BOOST=boost,
                  BC=32),
         )  # fmt: skip
-        print("pack keys", mode, usage(k), flush=True)
+        print("pack keys", boost, usage(k), flush=True)
     k = build(qp._select_key_channels_kernel, pk, dict(P=128, D=128, NB=16, TC=32))
     print("select key channels", usage(k), flush=True)
     pv = dict(
