@@ -6,11 +6,16 @@ round-to-nearest. Kitty's per-page selection ranks channels by ``sum(|k|) / P`` 
 ties or 1-ulp differences of that score between torch's and Triton's reduction order could pick
 another channel, which random data practically never hits (the codes test checks it).
 
+Codes use the reference's reciprocal form ``floor((x - zero) * (1 / scale) + 0.5)``: one IEEE
+division per group, a multiply per element, launched with FMA contraction off so each step rounds
+like torch's eager ops.
+
 One launch serves every (row, page) / (row, token run) entry of a layer and all its KV heads: grid
-``(entries, H, D / 32)`` for keys (per-channel statistics, so a program takes a 32-channel block;
-Kitty first runs ``_select_key_channels_kernel``, grid ``(entries, H)``, which writes each page's
-ascending channel list that the pack then reads like a static mask), ``(entries, H, token tiles)``
-for values (a 2-token tile on one warp for the one-token flush of a decode step, 16 tokens otherwise).
+``(entries, H, D / 32)`` for keys (per-channel statistics, so a program takes a 32-channel block and
+reads the page as 4 token planes, the tokens that share a byte, so bytes are OR-ed in registers;
+Kitty's programs take all D channels, rank them by mean |k| in the same pass and write the
+ascending channel list), ``(entries, H, token tiles)`` for values (a 2-token tile on one warp for
+the one-token flush of a decode step, 16 tokens otherwise).
 H200 figures: ``benchmarks/results/bench_attention_s3_h200.json``.
 """
 
@@ -24,6 +29,14 @@ from fcboost.quant.core import storage_bits
 
 
 @triton.jit
+def _codes(x, zr, inv, levels):
+    """fp32 codes -> int32 ``clamp(floor((x - zero) * (1/scale) + 0.5), 0, levels)`` (the launch
+    turns FMA contraction off, so every step rounds as in :func:`fcboost.quant.core.quantize_with`)."""
+    q = tl.math.floor((x - zr) * inv + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), levels).to(tl.int32)
+
+
+@triton.jit
 def _pack_key_page_kernel(
     src, s_sb, s_sh, s_st,  # (B, H, T, D) 16-bit keys, channel stride 1
     rows, src_tok, dst_page,  # (R,) int32 entries
@@ -32,10 +45,13 @@ def _pack_key_page_kernel(
     idx, s_ib, s_ih, s_ip,  # (B, H, NP, nb) int16 per page (Kitty) or (H, nb) with zero b/p strides
     scale, zero, s_qb, s_qh, s_qp,  # (B, H, NP, D) float16
     P: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr,
-    NB: tl.constexpr, NB_PAD: tl.constexpr, BOOST: tl.constexpr, BC: tl.constexpr,
+    NB: tl.constexpr, NB_PAD: tl.constexpr, BOOST: tl.constexpr, DYN: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """Program (entry, head, channel block): the ``BC`` channels ``cblk*BC..`` of one page (per-channel
-    statistics need no other channel); the boosted channels come ascending from ``idx``."""
+    statistics need no other channel). The page is read as ``8 // BITS`` token planes (tokens
+    ``PER*r + j``, the tokens that share byte ``r``), so bytes are OR-ed in registers. Static masks
+    read the boosted channels (ascending) from ``idx``; Kitty (``DYN``, ``BC == D``) ranks the
+    channels by mean |k| in the statistics pass and writes the ascending list to ``idx``."""
     e = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.load(rows + e).to(tl.int64)
@@ -43,15 +59,37 @@ def _pack_key_page_kernel(
     pg = tl.load(dst_page + e).to(tl.int64)
     if pg < 0:  # no page to flush for this entry (decode steps without a flush)
         return
-    t = tl.arange(0, P)
+    PER: tl.constexpr = 8 // BITS
+    RL: tl.constexpr = P // PER  # bytes (rows) of the lo plane
+    r = tl.arange(0, RL)
     c = tl.program_id(2) * BC + tl.arange(0, BC)  # this program's channels
-    base = src + b * s_sb + h * s_sh + t0 * s_st
-    x = tl.load(base + t[:, None] * s_st + c[None, :]).to(tl.float32)  # (P, BC)
-    mn = tl.min(x, axis=0)
-    mx = tl.max(x, axis=0)
-    if BOOST:  # boosted channels, ascending (Kitty's written by _select_key_channels_kernel)
+    rows0 = src + b * s_sb + h * s_sh + (t0 + PER * r)[:, None] * s_st + c[None, :]  # plane 0
+    # statistics pass: elementwise over the planes, one cross-thread reduction at the end
+    x = tl.load(rows0).to(tl.float32)
+    mn_v = x
+    mx_v = x
+    a_v = tl.abs(x)
+    for j in tl.static_range(1, PER):
+        x = tl.load(rows0 + j * s_st).to(tl.float32)
+        mn_v = tl.minimum(mn_v, x)
+        mx_v = tl.maximum(mx_v, x)
+        if DYN:
+            a_v += tl.abs(x)
+    mn = tl.min(mn_v, axis=0)
+    mx = tl.max(mx_v, axis=0)
+    i_ptr = idx + b * s_ib + h * s_ih + pg * s_ip
+    if DYN:  # Kitty: the top-NB channels by mean |k| (ties: the lower channel), slots ascending
+        score = tl.math.div_rn(tl.sum(a_v, axis=0), tl.full((BC,), P, tl.float32))
+        ci = tl.arange(0, BC)
+        beats = (score[None, :] > score[:, None]) | (
+            (score[None, :] == score[:, None]) & (ci[None, :] < ci[:, None])
+        )
+        is_b = tl.sum(beats.to(tl.int32), axis=1) < NB
+        slot = tl.cumsum(is_b.to(tl.int32), axis=0) - 1
+        tl.store(i_ptr + slot, c.to(tl.int16), mask=is_b)
+    elif BOOST:  # static mask, ascending
         s = tl.arange(0, NB_PAD)
-        sidx = tl.load(idx + b * s_ib + h * s_ih + pg * s_ip + s, mask=s < NB, other=D).to(tl.int32)
+        sidx = tl.load(i_ptr + s, mask=s < NB, other=D).to(tl.int32)
         is_b = tl.sum((sidx[None, :] == c[:, None]).to(tl.int32), axis=1) > 0
         slot = tl.sum((sidx[None, :] < c[:, None]).to(tl.int32), axis=1)  # rank among the boosted
     else:
@@ -61,52 +99,37 @@ def _pack_key_page_kernel(
     sc = tl.math.div_rn(mx - mn, levels).to(tl.float16)
     sc = tl.where(sc == 0, 1.0, sc).to(tl.float16)
     zr = mn.to(tl.float16)
-    q = tl.math.floor(tl.math.div_rn(x - zr.to(tl.float32)[None, :], sc.to(tl.float32)[None, :]) + 0.5)
-    codes = tl.minimum(tl.maximum(q, 0.0), levels[None, :]).to(tl.int32)  # (P, BC)
-    PER: tl.constexpr = 8 // BITS
-    sh = (tl.arange(0, PER) * BITS)[None, :, None]
-    packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (P // PER, PER, BC)) << sh, axis=1)  # (P/PER, BC)
-    r = tl.arange(0, P // PER)
-    tl.store(lo + b * s_lb + h * s_lh + pg * s_lp + r[:, None] * s_lr + c[None, :], packed.to(tl.uint8))
     q_off = b * s_qb + h * s_qh + pg * s_qp + c
     tl.store(scale + q_off, sc)
     tl.store(zero + q_off, zr)
+    zf = zr.to(tl.float32)[None, :]
+    inv = tl.math.div_rn(tl.full((BC,), 1.0, tl.float32), sc.to(tl.float32))[None, :]
+    lv = levels[None, :]
+    HPER: tl.constexpr = 8 // HBITS
+    ONE: tl.constexpr = HPER == PER  # hi bytes hold the same tokens as lo bytes (2 + 2 bits)
+    # codes pass: re-read each plane (cache hits), OR its codes into the bytes
+    packed = tl.zeros((RL, BC), tl.int32)
+    hp = tl.zeros((RL, BC), tl.int32)
+    for j in tl.static_range(PER):
+        cj = _codes(tl.load(rows0 + j * s_st).to(tl.float32), zf, inv, lv)
+        packed |= (cj & (2**BITS - 1)) << (BITS * j)
+        if BOOST and ONE:
+            hp |= (cj >> BITS) << (HBITS * j)
+    l_ptr = lo + b * s_lb + h * s_lh + pg * s_lp + r[:, None] * s_lr + c[None, :]
+    tl.store(l_ptr, packed.to(tl.uint8))
     if BOOST:
-        HPER: tl.constexpr = 8 // HBITS
-        hsh = (tl.arange(0, HPER) * HBITS)[None, :, None]
-        hp = tl.sum(tl.reshape(codes >> BITS, (P // HPER, HPER, BC)) << hsh, axis=1)  # (P/HPER, BC)
-        hr = tl.arange(0, P // HPER)
-        h_ptr = hi + b * s_hb + h * s_hh + pg * s_hp + hr[:, None] * s_hr + slot[None, :]
-        tl.store(h_ptr, hp.to(tl.uint8), mask=is_b[None, :] & (hr[:, None] >= 0))
-
-
-@triton.jit
-def _select_key_channels_kernel(
-    src, s_sb, s_sh, s_st, rows, src_tok, dst_page, idx, s_ib, s_ih, s_ip,
-    P: tl.constexpr, D: tl.constexpr, NB: tl.constexpr, TC: tl.constexpr,
-):  # fmt: skip
-    """Kitty's per-page selection, program (entry, head): the top-``NB`` channels by mean |k| over the
-    page (ties: the lower channel), written ascending to ``idx[b, h, page]`` (slot order)."""
-    e = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.load(rows + e).to(tl.int64)
-    t0 = tl.load(src_tok + e).to(tl.int64)
-    pg = tl.load(dst_page + e).to(tl.int64)
-    if pg < 0:
-        return
-    c = tl.arange(0, D)
-    tc = tl.arange(0, TC)
-    base = src + b * s_sb + h * s_sh + t0 * s_st
-    asum = tl.zeros((D,), tl.float32)
-    for t1 in range(0, P, TC):
-        asum += tl.sum(tl.abs(tl.load(base + (t1 + tc)[:, None] * s_st + c[None, :]).to(tl.float32)), axis=0)
-    score = tl.math.div_rn(asum, tl.full((D,), P, tl.float32))  # (D,) mean |k|
-    beats = (score[None, :] > score[:, None]) | (
-        (score[None, :] == score[:, None]) & (c[None, :] < c[:, None])
-    )
-    is_b = tl.sum(beats.to(tl.int32), axis=1) < NB
-    slot = tl.cumsum(is_b.to(tl.int32), axis=0) - 1
-    tl.store(idx + b * s_ib + h * s_ih + pg * s_ip + slot, c.to(tl.int16), mask=is_b)
+        h_ptr0 = hi + b * s_hb + h * s_hh + pg * s_hp + slot[None, :]
+        if ONE:
+            tl.store(h_ptr0 + r[:, None] * s_hr, hp.to(tl.uint8), mask=is_b[None, :] & (r[:, None] >= 0))
+        else:  # another token grouping for the hi bytes (e.g. 2 + 6 bits: one token per byte)
+            RH: tl.constexpr = P // HPER
+            rh = tl.arange(0, RH)
+            hrow0 = src + b * s_sb + h * s_sh + (t0 + HPER * rh)[:, None] * s_st + c[None, :]
+            hq = tl.zeros((RH, BC), tl.int32)
+            for j in tl.static_range(HPER):
+                cj = _codes(tl.load(hrow0 + j * s_st).to(tl.float32), zf, inv, lv)
+                hq |= (cj >> BITS) << (HBITS * j)
+            tl.store(h_ptr0 + rh[:, None] * s_hr, hq.to(tl.uint8), mask=is_b[None, :] & (rh[:, None] >= 0))
 
 
 @triton.jit
@@ -148,7 +171,9 @@ def _pack_values_kernel(
         s1 = tl.where(s1 == 0, 1.0, s1).to(tl.float16)
         z0 = mn0.to(tl.float16)
         z1 = mn1.to(tl.float16)
-        sc = tl.where(is_b[None, :], s1[:, None], s0[:, None]).to(tl.float32)
+        inv0 = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), s0.to(tl.float32))
+        inv1 = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), s1.to(tl.float32))
+        inv = tl.where(is_b[None, :], inv1[:, None], inv0[:, None])
         zc = tl.where(is_b[None, :], z1[:, None], z0[:, None]).to(tl.float32)
         levels = tl.where(is_b, 2**BOOST_BITS - 1, 2**BITS - 1).to(tl.float32)[None, :]
         tl.store(scale + q_off, s0, mask=tm)
@@ -157,8 +182,9 @@ def _pack_values_kernel(
         tl.store(zero + q_off + 1, z1, mask=tm)
         # hi codes in slot order: the boosted channels re-read by index (the same codes as below)
         xb = tl.load(row + sidx[None, :], mask=tm[:, None] & (s < NB)[None, :], other=0.0).to(tl.float32)
-        qb = tl.math.floor(tl.math.div_rn(xb - z1.to(tl.float32)[:, None], s1.to(tl.float32)[:, None]) + 0.5)
-        cbh = tl.minimum(tl.maximum(qb, 0.0), 2**BOOST_BITS - 1.0).to(tl.int32) >> BITS  # (BT, NB_PAD)
+        cbh = (
+            _codes(xb, z1.to(tl.float32)[:, None], inv1[:, None], 2**BOOST_BITS - 1.0) >> BITS
+        )  # (BT, NB_PAD)
         cbh = tl.where((s < NB)[None, :], cbh, 0)  # padding slots of the last byte stay 0
         HPER: tl.constexpr = 8 // HBITS
         hsh = (tl.arange(0, HPER) * HBITS)[None, None, :]
@@ -172,13 +198,12 @@ def _pack_values_kernel(
         s0 = tl.math.div_rn(mx - mn, tl.full((BT,), 2**BITS - 1, tl.float32)).to(tl.float16)
         s0 = tl.where(s0 == 0, 1.0, s0).to(tl.float16)
         z0 = mn.to(tl.float16)
-        sc = s0.to(tl.float32)[:, None]
+        inv = tl.math.div_rn(tl.full((BT,), 1.0, tl.float32), s0.to(tl.float32))[:, None]
         zc = z0.to(tl.float32)[:, None]
         levels = (2**BITS - 1) * 1.0
         tl.store(scale + q_off, s0, mask=tm)
         tl.store(zero + q_off, z0, mask=tm)
-    q = tl.math.floor(tl.math.div_rn(x - zc, sc) + 0.5)
-    codes = tl.minimum(tl.maximum(q, 0.0), levels).to(tl.int32)  # (BT, D)
+    codes = _codes(x, zc, inv, levels)  # (BT, D)
     sh = (tl.arange(0, PER) * BITS)[None, None, :]
     packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (BT, D // PER, PER)) << sh, axis=2)  # (BT, D/PER)
     cb = tl.arange(0, D // PER)
@@ -219,7 +244,7 @@ def pack_key_pages(
     dynamic: bool = False,
     n_boost: int = 0,
     block_channels: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> None:
     """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``
     (entries with ``dst_page[e] < 0`` are skipped: a graph-captured decode step flushes no page).
@@ -228,7 +253,8 @@ def pack_key_pages(
     hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
     Each program quantizes ``block_channels`` channels of one page (default 32: more programs, few
-    registers); ``num_warps`` is a launch setting only. The static mask's ``idx`` must be ascending
+    registers; Kitty: all D, its selection ranks every channel); ``num_warps`` is a launch setting
+    only (default 4; 8 for Kitty). The static mask's ``idx`` must be ascending
     (slot s holds channel ``idx[h, s]``, as :func:`fcboost.quant.mixed.boost_index` makes it).
     """
     _check_src(src, "src")
@@ -255,14 +281,14 @@ def pack_key_pages(
     is_ = (
         idx.stride()[:3] if (idx is not None and dynamic) else (0, idx.stride(0) if idx is not None else 0, 0)
     )
-    BC = min(D, 32) if block_channels is None else block_channels
+    dyn = boost and dynamic
+    BC = (D if dyn else min(D, 32)) if block_channels is None else block_channels
     if BC not in (16, 32, 64, 128, 256) or D % BC:
         raise ValueError(f"block_channels={BC}: expected a power of two >= 16 dividing head_dim={D}")
-    if boost and dynamic:  # Kitty: choose each page's channels first, then pack as a static mask
-        _select_key_channels_kernel[(R, H)](
-            src, *src.stride()[:3], rows, src_tok, dst_page, idx, *is_, P=P, D=D, NB=nb, TC=min(P, 32),
-            num_warps=4,
-        )  # fmt: skip
+    if dyn and BC != D:
+        raise ValueError(
+            f"block_channels={BC}: Kitty's per-page selection ranks all {D} channels in one program"
+        )
     _pack_key_page_kernel[(R, H, D // BC)](
         src,
         src.stride(0),
@@ -288,8 +314,10 @@ def pack_key_pages(
         NB=nb,
         NB_PAD=max(16, triton.next_power_of_2(max(nb, 1))),
         BOOST=boost,
+        DYN=dyn,
         BC=BC,
-        num_warps=num_warps,
+        num_warps=(8 if dyn else 4) if num_warps is None else num_warps,
+        enable_fp_fusion=False,
     )
 
 
@@ -363,11 +391,18 @@ def pack_values(
         BOOST=boost,
         BT=BT,
         num_warps=1 if BT <= 4 else 4,
+        enable_fp_fusion=False,
     )
 
 
 def pack_keys_into(
-    st, src: torch.Tensor, rows, src_tok, dst_page, num_warps: int = 4, block_channels: int | None = None
+    st,
+    src: torch.Tensor,
+    rows,
+    src_tok,
+    dst_page,
+    num_warps: int | None = None,
+    block_channels: int | None = None,
 ) -> None:
     """:func:`pack_key_pages` into a layer's storage ``st``: an object with ``cfg`` and the arrays
     ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),

@@ -12,7 +12,9 @@ Numerics (the spec the Triton kernels reproduce bitwise):
 ``mn, mx`` over the group in fp32; ``scale = fp16((mx - mn) / (2**bits - 1))``, ``zero = fp16(mn)``;
 a scale that is 0 in fp16 (constant group, or a range below fp16's resolution) becomes 1, so a
 constant group dequantizes to ``zero`` and never gives NaN;
-``code = clamp(floor((x - zero) / scale + 0.5), 0, 2**bits - 1)`` in fp32 with upcast scale/zero;
+``code = clamp(floor((x - zero) * inv + 0.5), 0, 2**bits - 1)`` in fp32 with upcast scale/zero and
+``inv = 1 / scale`` (fp32, correctly rounded; a multiply per element instead of a division: the pack
+kernels' cost; every step rounds separately, no fused multiply-add);
 ``dequant = code * scale + zero`` in fp32.
 """
 
@@ -60,7 +62,7 @@ def qparams(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.T
 
 def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes of ``x`` for given fp16 ``scale``/``zero`` (broadcastable to ``x``)."""
-    q = torch.floor((x.float() - zero.float()) / scale.float() + 0.5)
+    q = torch.floor((x.float() - zero.float()) * scale.float().reciprocal() + 0.5)
     return q.clamp_(0, 2**bits - 1).to(torch.uint8)
 
 

@@ -98,16 +98,16 @@ def main() -> None:
         scale="*fp16",
         zero="*fp16",
     )
-    for boost in (False, True):
+    for boost, dyn in ((False, False), (True, False), (True, True)):
         k = build(
             qp._pack_key_page_kernel,
             pk,
             dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if boost else 0, NB_PAD=16, BOOST=boost,
-                 BC=32),
+                 DYN=dyn, BC=128 if dyn else 32),
+            num_warps=8 if dyn else 4,
+            enable_fp_fusion=False,
         )  # fmt: skip
-        print("pack keys", boost, usage(k), flush=True)
-    k = build(qp._select_key_channels_kernel, pk, dict(P=128, D=128, NB=16, TC=32))
-    print("select key channels", usage(k), flush=True)
+        print("pack keys", "kitty" if dyn else "static" if boost else "kivi", usage(k), flush=True)
     pv = dict(
         src="*bf16",
         rows="*i32",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fcboost.kernels.quant_pack import pack_key_pages, pack_values
+from fcboost.quant.core import storage_bits
 from fcboost.quant.mixed import boost_index, quantize_key_pages, quantize_values
 from fcboost.quant.selectors import DynamicMagnitude
 
@@ -52,7 +53,7 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, nb, device):
         idx=idx,
         dynamic=mode == "dynamic",
         n_boost=0 if hi is None else nb,
-        block_channels=None if block is None else min(block, D),
+        block_channels=None if block is None or mode == "dynamic" else min(block, D),
     )
     for b, t0, pg in entries:
         page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
@@ -128,6 +129,42 @@ def test_bad_input_raises(device):
         pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
     with pytest.raises(ValueError, match="src"):
         pack_key_pages(src.transpose(2, 3), [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2)
+    sc = torch.zeros(1, 2, 1, 64, dtype=torch.float16, device=device)
+    hi = torch.zeros(1, 2, 1, 8, 4, dtype=torch.uint8, device=device)
+    idx = torch.zeros(1, 2, 1, 4, dtype=torch.int16, device=device)
+    with pytest.raises(ValueError, match="block_channels=32.*all 64 channels"):
+        pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=sc, bits=2, hi=hi, idx=idx, dynamic=True,
+                       n_boost=4, block_channels=32)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize("bits,boost_bits", [(2, 8), (4, 8)])
+def test_key_pages_other_widths_bitwise(mode, bits, boost_bits, device):
+    """Hi bytes that group other tokens than the lo bytes (2 + 6 bits: one token per hi byte) and
+    4-bit lo codes (two tokens per byte)."""
+    g = torch.Generator().manual_seed(7 * bits + boost_bits)
+    P, D, H, nb = 32, 64, 2, 8
+    src = (torch.randn(1, H, P, D, generator=g) * 2).to(torch.bfloat16).to(device)
+    hb = 8 // storage_bits(boost_bits - bits)
+    lo = torch.zeros(1, H, 1, P * bits // 8, D, dtype=torch.uint8, device=device)
+    sc, zr = (torch.zeros(1, H, 1, D, dtype=torch.float16, device=device) for _ in range(2))
+    hi = torch.zeros(1, H, 1, P // hb, nb, dtype=torch.uint8, device=device)
+    mask = _mask(H, D, g, nb)
+    idx = (
+        torch.zeros(1, H, 1, nb, dtype=torch.int16)
+        if mode == "dynamic"
+        else boost_index(mask, nb).to(torch.int16)
+    )
+    idx = idx.to(device)
+    pack_key_pages(src, [0], [0], [0], lo=lo, scale=sc, zero=zr, bits=bits, boost_bits=boost_bits, hi=hi,
+                   idx=idx, dynamic=mode == "dynamic", n_boost=nb)  # fmt: skip
+    page = src[0].cpu().unsqueeze(1)
+    isb = DynamicMagnitude(nb).key_boost(page) if mode == "dynamic" else mask.unsqueeze(1)
+    pk = quantize_key_pages(page, bits, boost_bits, isb, nb)
+    assert torch.equal(pk.lo[:, 0], lo[0, :, 0].cpu())
+    assert torch.equal(pk.hi[:, 0], hi[0, :, 0].cpu())
+    assert torch.equal(pk.scale[:, 0], sc[0, :, 0].cpu())
+    assert torch.equal(pk.zero[:, 0], zr[0, :, 0].cpu())
 
 
 @pytest.mark.gpu
