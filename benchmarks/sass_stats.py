@@ -71,7 +71,7 @@ def loop_stats(cubin: bytes) -> dict:
             continue
         start = next((k for k, x in enumerate(lines) if x.strip() == f".{b.group(1)}:"), None)
         if start is not None and start < i:
-            body = [x for x in lines[start : i + 1] if re.match(r"\s*/\*[0-9a-f]{4}\*/", x)]
+            body = [x for x in lines[start : i + 1] if re.match(r"\s*/\*[0-9a-f]{4,6}\*/", x)]
             best = body if len(body) > len(best) else best
     ops = collections.Counter()
     for x in best:

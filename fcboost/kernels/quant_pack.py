@@ -254,7 +254,7 @@ def pack_key_pages(
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
     Each program quantizes ``block_channels`` channels of one page (default 32: more programs, few
     registers; Kitty: all D, its selection ranks every channel); ``num_warps`` is a launch setting
-    only (default 4; 8 for Kitty). The static mask's ``idx`` must be ascending
+    only (default 4). The static mask's ``idx`` must be ascending
     (slot s holds channel ``idx[h, s]``, as :func:`fcboost.quant.mixed.boost_index` makes it).
     """
     _check_src(src, "src")
@@ -316,7 +316,7 @@ def pack_key_pages(
         BOOST=boost,
         DYN=dyn,
         BC=BC,
-        num_warps=(8 if dyn else 4) if num_warps is None else num_warps,
+        num_warps=4 if num_warps is None else num_warps,
         enable_fp_fusion=False,
     )
 

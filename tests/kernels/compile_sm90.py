@@ -104,7 +104,7 @@ def main() -> None:
             pk,
             dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if boost else 0, NB_PAD=16, BOOST=boost,
                  DYN=dyn, BC=128 if dyn else 32),
-            num_warps=8 if dyn else 4,
+            num_warps=4,
             enable_fp_fusion=False,
         )  # fmt: skip
         print("pack keys", "kitty" if dyn else "static" if boost else "kivi", usage(k), flush=True)
