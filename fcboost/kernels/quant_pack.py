@@ -16,7 +16,7 @@ reads the page as 4 token planes, the tokens that share a byte, so bytes are OR-
 Kitty's programs take all D channels, rank them by mean |k| in the same pass and write the
 ascending channel list), ``(entries, H, token tiles)`` for values (a 2-token tile on one warp for
 the one-token flush of a decode step, 16 tokens otherwise).
-H200 figures: ``benchmarks/results/bench_attention_s3_h200.json``.
+H200 figures: ``benchmarks/results/bench_pack_s4_h200.json`` (``experiments/decode_attention.md``).
 """
 
 from __future__ import annotations
