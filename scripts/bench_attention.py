@@ -175,11 +175,7 @@ def bench_pack(name: str, cfg: KVQuantConfig, dev, dtype) -> dict:
         if st.k_idx is not None
         else [(b, w) for b in (16, 32, 64) for w in (2, 4)]
     )
-    variants = {  # key page: channels per program, warps, token planes held in registers
-        f"c{bc}_w{nw}{'_hold' if hold else ''}": graph_us(partial(kp, num_warps=nw, block_channels=bc, hold_planes=hold))
-        for bc, nw in grid
-        for hold in (False, True)
-    }  # fmt: skip
+    variants = {f"c{bc}_w{nw}": graph_us(partial(kp, num_warps=nw, block_channels=bc)) for bc, nw in grid}
     return {"method": name, "batch": B, "key_page_us": graph_us(kp), "key_page_variants_us": variants,
             "value_token_us": graph_us(vp), "value_16_tokens_us": graph_us(vp16)}  # fmt: skip
 

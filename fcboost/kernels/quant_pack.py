@@ -46,7 +46,6 @@ def _pack_key_page_kernel(
     scale, zero, s_qb, s_qh, s_qp,  # (B, H, NP, D) float16
     P: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr,
     NB: tl.constexpr, NB_PAD: tl.constexpr, BOOST: tl.constexpr, DYN: tl.constexpr, BC: tl.constexpr,
-    HOLD: tl.constexpr,
 ):  # fmt: skip
     """Program (entry, head, channel block): the ``BC`` channels ``cblk*BC..`` of one page (per-channel
     statistics need no other channel). The page is read as ``8 // BITS`` token planes (tokens
@@ -66,25 +65,16 @@ def _pack_key_page_kernel(
     c = tl.program_id(2) * BC + tl.arange(0, BC)  # this program's channels
     rows0 = src + b * s_sb + h * s_sh + (t0 + PER * r)[:, None] * s_st + c[None, :]  # plane 0
     # statistics pass: elementwise over the planes, one cross-thread reduction at the end
-    if HOLD and PER == 4:  # 2-bit codes: the four planes stay in registers
-        x0 = tl.load(rows0).to(tl.float32)
-        x1 = tl.load(rows0 + s_st).to(tl.float32)
-        x2 = tl.load(rows0 + 2 * s_st).to(tl.float32)
-        x3 = tl.load(rows0 + 3 * s_st).to(tl.float32)
-        mn_v = tl.minimum(tl.minimum(x0, x1), tl.minimum(x2, x3))
-        mx_v = tl.maximum(tl.maximum(x0, x1), tl.maximum(x2, x3))
-        a_v = (tl.abs(x0) + tl.abs(x1)) + (tl.abs(x2) + tl.abs(x3))
-    else:  # planes re-read in the codes pass (cache hits)
-        x = tl.load(rows0).to(tl.float32)
-        mn_v = x
-        mx_v = x
-        a_v = tl.abs(x)
-        for j in tl.static_range(1, PER):
-            x = tl.load(rows0 + j * s_st).to(tl.float32)
-            mn_v = tl.minimum(mn_v, x)
-            mx_v = tl.maximum(mx_v, x)
-            if DYN:
-                a_v += tl.abs(x)
+    x = tl.load(rows0).to(tl.float32)
+    mn_v = x
+    mx_v = x
+    a_v = tl.abs(x)
+    for j in tl.static_range(1, PER):
+        x = tl.load(rows0 + j * s_st).to(tl.float32)
+        mn_v = tl.minimum(mn_v, x)
+        mx_v = tl.maximum(mx_v, x)
+        if DYN:
+            a_v += tl.abs(x)
     mn = tl.min(mn_v, axis=0)
     mx = tl.max(mx_v, axis=0)
     i_ptr = idx + b * s_ib + h * s_ih + pg * s_ip
@@ -117,22 +107,14 @@ def _pack_key_page_kernel(
     lv = levels[None, :]
     HPER: tl.constexpr = 8 // HBITS
     ONE: tl.constexpr = HPER == PER  # hi bytes hold the same tokens as lo bytes (2 + 2 bits)
-    # codes pass: OR each plane's codes into the bytes
-    if HOLD and PER == 4:
-        c0 = _codes(x0, zf, inv, lv)
-        c1 = _codes(x1, zf, inv, lv)
-        c2 = _codes(x2, zf, inv, lv)
-        c3 = _codes(x3, zf, inv, lv)
-        packed = (c0 & 3) | ((c1 & 3) << 2) | ((c2 & 3) << 4) | ((c3 & 3) << 6)
-        hp = (c0 >> 2) | ((c1 >> 2) << HBITS) | ((c2 >> 2) << (2 * HBITS)) | ((c3 >> 2) << (3 * HBITS))
-    else:
-        packed = tl.zeros((RL, BC), tl.int32)
-        hp = tl.zeros((RL, BC), tl.int32)
-        for j in tl.static_range(PER):
-            cj = _codes(tl.load(rows0 + j * s_st).to(tl.float32), zf, inv, lv)
-            packed |= (cj & (2**BITS - 1)) << (BITS * j)
-            if BOOST and ONE:
-                hp |= (cj >> BITS) << (HBITS * j)
+    # codes pass: re-read each plane (cache hits), OR its codes into the bytes
+    packed = tl.zeros((RL, BC), tl.int32)
+    hp = tl.zeros((RL, BC), tl.int32)
+    for j in tl.static_range(PER):
+        cj = _codes(tl.load(rows0 + j * s_st).to(tl.float32), zf, inv, lv)
+        packed |= (cj & (2**BITS - 1)) << (BITS * j)
+        if BOOST and ONE:
+            hp |= (cj >> BITS) << (HBITS * j)
     l_ptr = lo + b * s_lb + h * s_lh + pg * s_lp + r[:, None] * s_lr + c[None, :]
     tl.store(l_ptr, packed.to(tl.uint8))
     if BOOST:
@@ -263,7 +245,6 @@ def pack_key_pages(
     n_boost: int = 0,
     block_channels: int | None = None,
     num_warps: int | None = None,
-    hold_planes: bool = False,
 ) -> None:
     """Quantize pages ``src[rows[e], :, src_tok[e] : src_tok[e] + P]`` into page ``dst_page[e]``
     (entries with ``dst_page[e] < 0`` are skipped: a graph-captured decode step flushes no page).
@@ -273,8 +254,7 @@ def pack_key_pages(
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
     Each program quantizes ``block_channels`` channels of one page (default 32: more programs, few
     registers; Kitty: all D, its selection ranks every channel); ``num_warps`` is a launch setting
-    only (default 4); ``hold_planes`` keeps 2-bit codes' four token planes in registers between the
-    statistics and the codes pass instead of re-reading them (more registers, fewer loads). The static mask's ``idx`` must be ascending
+    only (default 4). The static mask's ``idx`` must be ascending
     (slot s holds channel ``idx[h, s]``, as :func:`fcboost.quant.mixed.boost_index` makes it).
     """
     _check_src(src, "src")
@@ -336,7 +316,6 @@ def pack_key_pages(
         BOOST=boost,
         DYN=dyn,
         BC=BC,
-        HOLD=hold_planes,
         num_warps=4 if num_warps is None else num_warps,
         enable_fp_fusion=False,
     )
@@ -424,7 +403,6 @@ def pack_keys_into(
     dst_page,
     num_warps: int | None = None,
     block_channels: int | None = None,
-    hold_planes: bool = False,
 ) -> None:
     """:func:`pack_key_pages` into a layer's storage ``st``: an object with ``cfg`` and the arrays
     ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),
@@ -447,7 +425,6 @@ def pack_keys_into(
         n_boost=st.n_boost if st.k_hi is not None else 0,
         block_channels=block_channels,
         num_warps=num_warps,
-        hold_planes=hold_planes,
     )
 
 

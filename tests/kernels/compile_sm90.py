@@ -103,7 +103,7 @@ def main() -> None:
             qp._pack_key_page_kernel,
             pk,
             dict(P=128, D=128, BITS=2, BOOST_BITS=4, HBITS=2, NB=16 if boost else 0, NB_PAD=16, BOOST=boost,
-                 DYN=dyn, BC=128 if dyn else 32, HOLD=False),
+                 DYN=dyn, BC=128 if dyn else 32),
             num_warps=4,
             enable_fp_fusion=False,
         )  # fmt: skip

@@ -24,8 +24,7 @@ def _mask(H: int, D: int, g: torch.Generator, nb: int = NB) -> torch.Tensor:
 @pytest.mark.parametrize("D,dtype,P", [(64, torch.bfloat16, 32), (128, torch.float16, 64)])
 @pytest.mark.parametrize("block", [None, 16, 128])
 @pytest.mark.parametrize("nb", [NB, 6])
-@pytest.mark.parametrize("hold", [False, True])
-def test_key_pages_bitwise(mode, D, dtype, P, block, nb, hold, device):
+def test_key_pages_bitwise(mode, D, dtype, P, block, nb, device):
     g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
     B, H, NP = 3, 2, 4
     src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
@@ -55,7 +54,6 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, nb, hold, device):
         dynamic=mode == "dynamic",
         n_boost=0 if hi is None else nb,
         block_channels=None if block is None or mode == "dynamic" else min(block, D),
-        hold_planes=hold,
     )
     for b, t0, pg in entries:
         page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
