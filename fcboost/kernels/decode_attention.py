@@ -109,6 +109,7 @@ def decode_attention(
     overlap: bool = True,
     rest_programs: int | None = None,
     rest_warps: int | None = None,
+    page_impl: str = "triton",
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -123,8 +124,12 @@ def decode_attention(
     beside the page kernel. ``rest_programs``: rest programs per (row, KV head), each striding over
     the rest tiles (default: :func:`n_rest`); ``rest_warps``: their warps (default 4). Defaults
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
-    ``tune_rest_h200.json``).
+    ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
+    :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
+    layouts; KIVI layout, page size 128, inline PTX; CUDA only).
     """
+    if page_impl not in ("triton", "gluon"):
+        raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
     st.check()
     B, Hq, D = q.shape
     H = st.sink_k.shape[1]
@@ -167,8 +172,15 @@ def decode_attention(
     n_tiles = max_tiles * 64 // BN if paged else 0
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
+    gluon = page_impl == "gluon"
+    if gluon and (kboost or vboost or P != 128 or tile_rows != 32 or q.device.type != "cuda"):
+        raise ValueError(
+            "page_impl='gluon' serves the KIVI layout (no boosted channels), page size 128, on CUDA"
+        )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
+    if gluon:
+        num_warps, maxnreg = 1, 0
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     ns = split_count(B, H, n_tiles, n_sm, waves, per_sm) if n_splits is None else n_splits
     ns = ns if paged else 0
@@ -230,7 +242,21 @@ def decode_attention(
         side.wait_stream(cur)
         with torch.cuda.stream(side):
             launch_rest()
-    if ns:
+    if ns and gluon:
+        from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
+
+        _page_kernel_gluon[(B * H, ns)](
+            q, q.stride(0), q.stride(1),
+            st.k_lo, *st.k_lo.stride()[:4],
+            st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
+            st.v_lo, *st.v_lo.stride()[:3],
+            st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
+            st.n_pages, st.n_vq,
+            o_acc, o_m, o_l,
+            scaling * LOG2E, H, ns, nslot,
+            GQ=GQ, D=D, num_warps=1,
+        )  # fmt: skip
+    elif ns:
         _page_kernel[(B * H, ns)](
             q, q.stride(0), q.stride(1),
             *packed,
