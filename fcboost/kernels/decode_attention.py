@@ -173,9 +173,12 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gluon = page_impl == "gluon"
-    if gluon and (kboost or vboost or P != 128 or tile_rows != 32 or q.device.type != "cuda"):
+    if gluon and (
+        kboost or vboost or P != 128 or tile_rows != 32 or D != 128 or GQ > 16 or q.device.type != "cuda"
+    ):
         raise ValueError(
-            "page_impl='gluon' serves the KIVI layout (no boosted channels), page size 128, on CUDA"
+            "page_impl='gluon' serves the KIVI layout (no boosted channels), page size 128, head_dim 128, "
+            "up to 16 query heads per KV head, on CUDA"
         )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
