@@ -58,6 +58,29 @@ def _pair(x0, x1, la: gl.constexpr):
 
 
 @gluon.jit
+def _pair4(x0, x1, la4: gl.constexpr):
+    """Like :func:`_pair`, in the order of a ``k_width=4`` A operand: k = 4(n // 2) + 2a + n % 2 for
+    column n of x_a, the columns the accumulator layout already gives each thread (no data movement)."""
+    y = gl.reshape(gl.join(x0, x1), (16, 4, 2, 2))  # [m, n // 2, n % 2, a]
+    y = gl.reshape(gl.permute(y, (0, 1, 3, 2)), (16, 16))
+    return gl.convert_layout(y.to(gl.float16), la4)
+
+
+@gluon.jit
+def _pv_block_il(pa, blk, acc0, acc1, acc2, acc3, vlb4: gl.constexpr):
+    """acc_i += pa . codes of channels 4c+i; ``blk``: the block's interleaved bytes (32 channel bytes
+    x 16 tokens in k order), each thread's 4 tokens one 32-bit word."""
+    vk = gl.arange(0, 16, layout=gl.SliceLayout(1, vlb4))
+    nb = gl.arange(0, 32, layout=gl.SliceLayout(0, vlb4))
+    vb = gl.load(blk + nb[None, :] * 16 + vk[:, None])
+    acc0 = mma_v2(pa, _graw(vb, 0), acc0)
+    acc1 = mma_v2(pa, _graw(vb, 1), acc1)
+    acc2 = mma_v2(pa, _graw(vb, 2), acc2)
+    acc3 = mma_v2(pa, _graw(vb, 3), acc3)
+    return acc0, acc1, acc2, acc3
+
+
+@gluon.jit
 def _pv_block(pa, v_base, tok, s_vlt, acc0, acc1, acc2, acc3, vlb: gl.constexpr):
     """acc_i += pa . codes of channels 4c+i of the 16 tokens ``tok`` (16,) (B operand layout)."""
     nb = gl.arange(0, 32, layout=gl.SliceLayout(0, vlb))
@@ -79,12 +102,15 @@ def _page_kernel_gluon(
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
-    GQ: gl.constexpr, D: gl.constexpr,
+    GQ: gl.constexpr, D: gl.constexpr, KW: gl.constexpr = 4, VIL: gl.constexpr = False,
 ):  # fmt: skip
     P: gl.constexpr = 128
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
-    la: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    lb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    la: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)  # P for P.V
+    # Q.K^T: both operands with 4 consecutive channels per thread (a permuted k order the two
+    # operands share): a thread's key bytes are one 32-bit word per k-step
+    lq: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
+    lb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=KW)
     rows_l: gl.constexpr = gl.SliceLayout(1, mma)
     cols_l: gl.constexpr = gl.SliceLayout(0, mma)
     bh = gl.program_id(0)
@@ -96,8 +122,8 @@ def _page_kernel_gluon(
     i0 = split * per
     i1 = gl.minimum(i0 + per, nft)
     # the query (A operand layout), 16-bit in registers; rows >= GQ are zero
-    qm = gl.arange(0, 16, layout=gl.SliceLayout(1, la))
-    qd = gl.arange(0, D, layout=gl.SliceLayout(0, la))
+    qm = gl.arange(0, 16, layout=gl.SliceLayout(1, lq))
+    qd = gl.arange(0, D, layout=gl.SliceLayout(0, lq))
     q16 = gl.load(
         Q + b * s_qb + (h * GQ + qm)[:, None] * s_qh + qd[None, :], mask=(qm < GQ)[:, None], other=0.0
     )
@@ -105,6 +131,8 @@ def _page_kernel_gluon(
     kc = gl.arange(0, D, layout=gl.SliceLayout(1, lb))
     kr = gl.arange(0, 8, layout=gl.SliceLayout(0, lb))
     vlb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
+    vlb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
     vk = gl.arange(0, 16, layout=gl.SliceLayout(1, vlb))  # the 16 tokens of a P.V k-block
     vrow = vk % 8  # byte row of the step
     vpl = vk // 8  # 0: the block's first plane, 1: its second
@@ -159,17 +187,26 @@ def _page_kernel_gluon(
             z3 = gl.load(vz + 3 * s_vst).to(gl.float32)
             l_acc += (p0 + p1) + (p2 + p3)
             z_acc += (p0 * z0[None, :] + p1 * z1[None, :]) + (p2 * z2[None, :] + p3 * z3[None, :])
-            pa01 = _pair(
-                p0 * gl.load(vs).to(gl.float32)[None, :], p1 * gl.load(vs + s_vst).to(gl.float32)[None, :], la
-            )
-            pa23 = _pair(
-                p2 * gl.load(vs + 2 * s_vst).to(gl.float32)[None, :],
-                p3 * gl.load(vs + 3 * s_vst).to(gl.float32)[None, :],
-                la,
-            )
-            vt = pg * P + 4 * (r0 + vrow)  # (16,) tokens of the block's first plane, per k
-            acc0, acc1, acc2, acc3 = _pv_block(pa01, v_base, vt + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb)
-            acc0, acc1, acc2, acc3 = _pv_block(pa23, v_base, vt + 2 + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb)
+            ps0 = p0 * gl.load(vs).to(gl.float32)[None, :]
+            ps1 = p1 * gl.load(vs + s_vst).to(gl.float32)[None, :]
+            ps2 = p2 * gl.load(vs + 2 * s_vst).to(gl.float32)[None, :]
+            ps3 = p3 * gl.load(vs + 3 * s_vst).to(gl.float32)[None, :]
+            if VIL:  # values stored (step, pair, channel byte, 16 tokens in k order): 32-bit loads
+                blk = v_base + (pg * 4 + st) * 1024
+                acc0, acc1, acc2, acc3 = _pv_block_il(
+                    _pair4(ps0, ps1, la4), blk, acc0, acc1, acc2, acc3, vlb4
+                )
+                acc0, acc1, acc2, acc3 = _pv_block_il(
+                    _pair4(ps2, ps3, la4), blk + 512, acc0, acc1, acc2, acc3, vlb4
+                )
+            else:
+                vt = pg * P + 4 * (r0 + vrow)  # (16,) tokens of the block's first plane, per k
+                acc0, acc1, acc2, acc3 = _pv_block(
+                    _pair(ps0, ps1, la), v_base, vt + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb
+                )
+                acc0, acc1, acc2, acc3 = _pv_block(
+                    _pair(ps2, ps3, la), v_base, vt + 2 + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb
+                )
     l_i = gl.sum(l_acc, axis=1)
     zs0 = gl.sum(z_acc, axis=1)
     o_base = (bh * NSLOT + split) * GQ

@@ -110,6 +110,7 @@ def decode_attention(
     rest_programs: int | None = None,
     rest_warps: int | None = None,
     page_impl: str = "triton",
+    _gluon: dict | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -126,7 +127,8 @@ def decode_attention(
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
     ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
     :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
-    layouts; KIVI layout, page size 128, inline PTX; CUDA only).
+    layouts; KIVI layout, page size 128, inline PTX; CUDA only); ``_gluon``: its experiment knobs
+    (``maxnreg``, ``vil``: the value codes re-laid out token-interleaved, see ``benchmarks/gluon_probe.py``).
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -182,8 +184,9 @@ def decode_attention(
         )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
+    gk = dict(_gluon or {})
     if gluon:
-        num_warps, maxnreg = 1, 0
+        num_warps, maxnreg = 1, gk.get("maxnreg", 0)
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     ns = split_count(B, H, n_tiles, n_sm, waves, per_sm) if n_splits is None else n_splits
     ns = ns if paged else 0
@@ -248,16 +251,19 @@ def decode_attention(
     if ns and gluon:
         from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
+        vil = gk.get("vil")
+        vl = st.v_lo if vil is None else vil
         _page_kernel_gluon[(B * H, ns)](
             q, q.stride(0), q.stride(1),
             st.k_lo, *st.k_lo.stride()[:4],
             st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-            st.v_lo, *st.v_lo.stride()[:3],
+            vl, vl.stride(0), vl.stride(1), st.v_lo.stride(2),
             st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, num_warps=1,
+            GQ=GQ, D=D, KW=gk.get("kw", 4), VIL=vil is not None,
+            num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
         )  # fmt: skip
     elif ns:
         _page_kernel[(B * H, ns)](
