@@ -37,6 +37,16 @@ def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
     return v.permute(0, 1, 2, 5, 7, 3, 6, 4).contiguous().view(B, H, -1, 2, C, 16)
 
 
+def interleave_values_t(v_lo: torch.Tensor) -> torch.Tensor:
+    """(B, H, NV, C) value bytes -> the transposed Gluon kernel's layout (B, H, NV/64, 4, C, 16): per
+    64-token step, plane j and channel byte c, the 16 tokens 4m + j in order m (a copy made here)."""
+    B, H, NV, C = v_lo.shape
+    pad = (-NV) % 64
+    v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
+    v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [s, m, j, c]
+    return v.permute(0, 1, 2, 4, 5, 3).contiguous()
+
+
 def rel(a, ref) -> float:
     return float((a.float() - ref).norm() / ref.norm())
 
@@ -44,7 +54,7 @@ def rel(a, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--splits", default="0,16,32")
+    ap.add_argument("--splits", default="0,16,32,64")
     args = ap.parse_args()
     t0 = time.time()
     dev = torch.device("cuda")
@@ -79,16 +89,16 @@ def main() -> None:
         ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
         row = {"batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
         vil = interleave_values(st.v_lo)
+        vil2 = interleave_values_t(st.v_lo)
         variants = {"triton": {}}
+        for ns in (16, 32):
+            variants[f"gluon_s{ns}_vil"] = {"page_impl": "gluon", "n_splits": ns, "_gluon": {"vil": vil}}
         for ns in [int(x) for x in args.splits.split(",")]:
-            for mr in (0, 168):
-                for il in (False, True):
-                    g = {"maxnreg": mr, **({"vil": vil} if il else {})}
-                    variants[f"gluon_s{ns}_r{mr}{'_vil' if il else ''}"] = {
-                        "page_impl": "gluon",
-                        "n_splits": ns or None,
-                        "_gluon": g,
-                    }
+            variants[f"gluonT_s{ns}"] = {
+                "page_impl": "gluon",
+                "n_splits": ns or None,
+                "_gluon": {"vil2": vil2},
+            }
         for key, kw in variants.items():
             fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
             o = fn()

@@ -220,3 +220,121 @@ def _page_kernel_gluon(
     gl.store(o_pp + 3, acc3 * (U / 64) + zs0[:, None], mask=msk)
     gl.store(O_M + o_base + om, m_i, mask=om < GQ)
     gl.store(O_L + o_base + om, l_i, mask=om < GQ)
+
+
+@gluon.jit
+def _page_kernel_gluon_t(
+    Q, s_qb, s_qh,  # (B, Hq, D)
+    KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
+    KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
+    VIL, s_vlb, s_vlh,  # value codes re-laid out (B, H, NV/64, 4, D/4, 16) uint8, see VIL2 below
+    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, 1) float16
+    NPAGES, NVQ,  # (B,) int32
+    O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
+    qk_scale, H, NSPLIT, NSLOT,
+    GQ: gl.constexpr, D: gl.constexpr,
+):  # fmt: skip
+    """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
+    and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
+    softmax lanes of :func:`_page_kernel_gluon`. S^T = K . (q s)^T per plane of 16 byte rows; P^T
+    feeds O^T = V^T . P^T after a register transpose (``convert_layout``). Values laid out
+    ``VIL2[b, h, step, j, c, m]`` = byte c of token 64 step + 4m + j (a step: 64 tokens), so a thread's
+    four k (tokens) are one 32-bit word."""
+    P: gl.constexpr = 128
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
+    lb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
+    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
+    cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+    bh = gl.program_id(0)
+    split = gl.program_id(1)
+    b = (bh // H).to(gl.int64)
+    h = (bh % H).to(gl.int64)
+    nft = gl.minimum(gl.load(NPAGES + b) * P, gl.load(NVQ + b)) // P
+    per = gl.cdiv(nft, NSPLIT)
+    i0 = split * per
+    i1 = gl.minimum(i0 + per, nft)
+    # (q s)^T: B operand (D channels x 8 heads), heads >= GQ zero
+    qc = gl.arange(0, D, layout=gl.SliceLayout(1, lb4))
+    qg = gl.arange(0, 8, layout=gl.SliceLayout(0, lb4))
+    q_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + qc[:, None]
+    qmask = (qg < GQ)[None, :]
+    # key bytes of 16 byte rows: A operand (16 rows x D channels)
+    km = gl.arange(0, 16, layout=gl.SliceLayout(1, la4))
+    kc = gl.arange(0, D, layout=gl.SliceLayout(0, la4))
+    # value bytes of one plane j of a step: A operand (D/4 channel bytes x 16 tokens)
+    vc = gl.arange(0, D // 4, layout=gl.SliceLayout(1, la4))
+    vm = gl.arange(0, 16, layout=gl.SliceLayout(0, la4))
+    v_off = vc[:, None] * 16 + vm[None, :]
+    tm = gl.arange(0, 16, layout=rows_l)
+    k_base = KLO + b * s_klb + h * s_klh
+    ks_base = b * s_ksb + h * s_ksh
+    v_base = VIL + b * s_vlb + h * s_vlh
+    vs_base = VSC + b * s_vsb + h * s_vsh
+    vz_base = VZR + b * s_vsb + h * s_vsh
+    m_i = gl.full([8], float("-inf"), gl.float32, layout=cols_l)
+    acc0 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
+    acc1 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
+    acc2 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
+    acc3 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
+    l_acc = gl.zeros([16, 8], gl.float32, layout=mma)
+    z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
+    zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
+    U: gl.constexpr = 16777216.0
+    for pg in range(i0, i1):
+        sc = gl.load(KSC + ks_base + pg * s_ksp + qc).to(gl.float32)
+        zr = gl.load(KZR + ks_base + pg * s_ksp + qc).to(gl.float32)
+        qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
+        qs = (qf * sc[:, None]).to(gl.float16)
+        bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+        for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
+            kb = gl.load(k_base + pg * s_klp + (16 * st + km)[:, None] * s_klr + kc[None, :])  # (16, D) uint8
+            s0 = mma_v2(_graw(kb, 0), qs, zero8) * U + bias[None, :]
+            s1 = mma_v2(_graw(kb, 1), qs, zero8) * (U / 4) + bias[None, :]
+            s2 = mma_v2(_graw(kb, 2), qs, zero8) * (U / 16) + bias[None, :]
+            s3 = mma_v2(_graw(kb, 3), qs, zero8) * (U / 64) + bias[None, :]
+            m_new = gl.maximum(m_i, gl.max(gl.maximum(gl.maximum(s0, s1), gl.maximum(s2, s3)), axis=0))
+            if gl.max(m_new - m_i, axis=0) > 0:  # a head's maximum grew: rescale (else alpha = 1)
+                alpha = gl.exp2(m_i - m_new)
+                acc0 *= alpha[None, :]
+                acc1 *= alpha[None, :]
+                acc2 *= alpha[None, :]
+                acc3 *= alpha[None, :]
+                l_acc *= alpha[None, :]
+                z_acc *= alpha[None, :]
+                m_i = m_new
+            tok = pg * P + 4 * (16 * st + tm)  # (16,) tokens of plane 0
+            blk = v_base + (2 * pg + st) * (4 * (D // 4) * 16)
+            for j in gl.static_range(4):
+                if j == 0:
+                    sj = s0
+                elif j == 1:
+                    sj = s1
+                elif j == 2:
+                    sj = s2
+                else:
+                    sj = s3
+                pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
+                vsj = gl.load(vs_base + (tok + j) * s_vst).to(gl.float32)
+                vzj = gl.load(vz_base + (tok + j) * s_vst).to(gl.float32)
+                l_acc += pj
+                z_acc += pj * vzj[:, None]
+                pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
+                va = gl.load(blk + j * ((D // 4) * 16) + v_off)  # (D/4 channel bytes, 16 tokens) uint8
+                acc0 = mma_v2(_graw(va, 0), pb, acc0)
+                acc1 = mma_v2(_graw(va, 1), pb, acc1)
+                acc2 = mma_v2(_graw(va, 2), pb, acc2)
+                acc3 = mma_v2(_graw(va, 3), pb, acc3)
+    l_i = gl.sum(l_acc, axis=0)  # (8,) per head
+    zs0 = gl.sum(z_acc, axis=0)
+    o_base = (bh * NSLOT + split) * GQ
+    og = gl.arange(0, 8, layout=cols_l)
+    oc = gl.arange(0, D // 4, layout=rows_l)
+    o_pp = O_ACC + (o_base + og)[None, :] * D + 4 * oc[:, None]
+    msk = (og < GQ)[None, :]
+    gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk)
+    gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)
+    gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk)
+    gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk)
+    gl.store(O_M + o_base + og, m_i, mask=og < GQ)
+    gl.store(O_L + o_base + og, l_i, mask=og < GQ)
