@@ -74,6 +74,18 @@ def main() -> None:
             impl: rel(decode_attention(q, st, scaling, kn, vn, page_impl=impl), ref)
             for impl in ("triton", "gluon")
         }
+        e["gluon_vil"] = rel(
+            decode_attention(
+                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil": interleave_values(st.v_lo)}
+            ),
+            ref,
+        )
+        e["gluonT"] = rel(
+            decode_attention(
+                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": interleave_values_t(st.v_lo)}
+            ),
+            ref,
+        )
         res["correctness"].append({"dtype": str(dt), "lengths": lengths, "rel_l2": e})
         print("correct", dt, e, flush=True)
     dtype = torch.bfloat16
