@@ -54,7 +54,7 @@ def rel(a, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--splits", default="0,16,32,64")
+    ap.add_argument("--splits", default="16,32,64,128,256")
     args = ap.parse_args()
     t0 = time.time()
     dev = torch.device("cuda")
@@ -80,6 +80,9 @@ def main() -> None:
             ),
             ref,
         )
+        e["gluonTn"] = rel(
+            decode_attention(q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": None}), ref
+        )
         e["gluonT"] = rel(
             decode_attention(
                 q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": interleave_values_t(st.v_lo)}
@@ -103,14 +106,11 @@ def main() -> None:
         vil = interleave_values(st.v_lo)
         vil2 = interleave_values_t(st.v_lo)
         variants = {"triton": {}}
-        for ns in (16, 32):
-            variants[f"gluon_s{ns}_vil"] = {"page_impl": "gluon", "n_splits": ns, "_gluon": {"vil": vil}}
+        variants["gluon_s16_vil"] = {"page_impl": "gluon", "n_splits": 16, "_gluon": {"vil": vil}}
         for ns in [int(x) for x in args.splits.split(",")]:
-            variants[f"gluonT_s{ns}"] = {
-                "page_impl": "gluon",
-                "n_splits": ns or None,
-                "_gluon": {"vil2": vil2},
-            }
+            g = {"page_impl": "gluon", "n_splits": ns or None}
+            variants[f"gluonT_s{ns}"] = {**g, "_gluon": {"vil2": vil2}}
+            variants[f"gluonTn_s{ns}"] = {**g, "_gluon": {"vil2": None}}
         for key, kw in variants.items():
             fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
             o = fn()

@@ -227,17 +227,18 @@ def _page_kernel_gluon_t(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
-    VIL, s_vlb, s_vlh,  # value codes re-laid out (B, H, NV/64, 4, D/4, 16) uint8, see VIL2 below
+    VIL, s_vlb, s_vlh, s_vlt,  # value codes: (B, H, NV, D/4) uint8, or re-laid out (NATIVE=False, below)
     VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, 1) float16
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
-    GQ: gl.constexpr, D: gl.constexpr,
+    GQ: gl.constexpr, D: gl.constexpr, NATIVE: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
     softmax lanes of :func:`_page_kernel_gluon`. S^T = K . (q s)^T per plane of 16 byte rows; P^T
-    feeds O^T = V^T . P^T after a register transpose (``convert_layout``). Values laid out
+    feeds O^T = V^T . P^T after a register transpose (``convert_layout``). ``NATIVE``: the cache's
+    value layout (a thread's four k are four tokens: byte loads); else values laid out
     ``VIL2[b, h, step, j, c, m]`` = byte c of token 64 step + 4m + j (a step: 64 tokens), so a thread's
     four k (tokens) are one 32-bit word."""
     P: gl.constexpr = 128
@@ -320,7 +321,11 @@ def _page_kernel_gluon_t(
                 l_acc += pj
                 z_acc += pj * vzj[:, None]
                 pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
-                va = gl.load(blk + j * ((D // 4) * 16) + v_off)  # (D/4 channel bytes, 16 tokens) uint8
+                if NATIVE:
+                    vt = gl.convert_layout(tok, gl.SliceLayout(0, la4)) + j
+                    va = gl.load(v_base + vt[None, :] * s_vlt + vc[:, None])
+                else:
+                    va = gl.load(blk + j * ((D // 4) * 16) + v_off)  # (D/4 channel bytes, 16 tokens) uint8
                 acc0 = mma_v2(_graw(va, 0), pb, acc0)
                 acc1 = mma_v2(_graw(va, 1), pb, acc1)
                 acc2 = mma_v2(_graw(va, 2), pb, acc2)

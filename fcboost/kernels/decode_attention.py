@@ -256,17 +256,17 @@ def decode_attention(
         if "vil2" in gk:  # the transposed kernel (codes as the A operand, heads as N = 8)
             from fcboost.kernels.attention_page_gluon import _page_kernel_gluon_t
 
-            v2 = gk["vil2"]
+            v2 = st.v_lo if gk["vil2"] is None else gk["vil2"]
             _page_kernel_gluon_t[(B * H, ns)](
                 q, q.stride(0), q.stride(1),
                 st.k_lo, *st.k_lo.stride()[:4],
                 st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-                v2, v2.stride(0), v2.stride(1),
+                v2, v2.stride(0), v2.stride(1), st.v_lo.stride(2),
                 st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
                 st.n_pages, st.n_vq,
                 o_acc, o_m, o_l,
                 scaling * LOG2E, H, ns, nslot,
-                GQ=GQ, D=D, num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
+                GQ=GQ, D=D, NATIVE=gk["vil2"] is None, num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
             )  # fmt: skip
         else:
             _page_kernel_gluon[(B * H, ns)](
