@@ -1,4 +1,5 @@
-"""EXPERIMENT (GPU): the Gluon page kernel (``page_impl="gluon"``) vs the Triton one, KIVI layout.
+"""EXPERIMENT (GPU): the Gluon page kernel (``page_impl="gluon"``) vs the Triton one, KIVI layout: with
+the cache's value layout and with the value codes re-laid out token-interleaved (``vil2``).
 
 Correctness of both against the PyTorch reference on ragged and equal rows, then CUDA-graph timings
 of the whole ``decode_attention`` (page + rest + combine) at the benchmark shapes, over split counts.
@@ -18,33 +19,13 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from fcboost.kernels.attention_page_gluon import interleave_values
 from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.state import random_state
 from fcboost.kernels.timing import graph_us
 from fcboost.quant.config import KVQuantConfig
 
 HQ, HKV, D = 32, 8, 128
-
-
-def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
-    """(B, H, NV, 32) value bytes -> the Gluon kernel's token-interleaved layout (B, H, NV/32, 2, 32, 16):
-    per 32-token step s and plane pair p, channel byte c, the 16 tokens 4(8s + n) + 2p + a in the k order
-    4(n // 2) + 2a + n % 2 of a ``k_width=4`` operand (a copy made here; the cache would store it so)."""
-    B, H, NV, C = v_lo.shape
-    pad = (-NV) % 32
-    v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
-    v = v.view(B, H, (NV + pad) // 32, 4, 2, 2, 2, C)  # [s, n // 2, n % 2, p, a, c]
-    return v.permute(0, 1, 2, 5, 7, 3, 6, 4).contiguous().view(B, H, -1, 2, C, 16)
-
-
-def interleave_values_t(v_lo: torch.Tensor) -> torch.Tensor:
-    """(B, H, NV, C) value bytes -> the transposed Gluon kernel's layout (B, H, NV/64, 4, C, 16): per
-    64-token step, plane j and channel byte c, the 16 tokens 4m + j in order m (a copy made here)."""
-    B, H, NV, C = v_lo.shape
-    pad = (-NV) % 64
-    v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
-    v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [s, m, j, c]
-    return v.permute(0, 1, 2, 4, 5, 3).contiguous()
 
 
 def rel(a, ref) -> float:
@@ -54,7 +35,7 @@ def rel(a, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--splits", default="16,32,64,128,256")
+    ap.add_argument("--splits", default="16,64")
     args = ap.parse_args()
     t0 = time.time()
     dev = torch.device("cuda")
@@ -74,18 +55,9 @@ def main() -> None:
             impl: rel(decode_attention(q, st, scaling, kn, vn, page_impl=impl), ref)
             for impl in ("triton", "gluon")
         }
-        e["gluon_vil"] = rel(
+        e["gluon_vil2"] = rel(
             decode_attention(
-                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil": interleave_values(st.v_lo)}
-            ),
-            ref,
-        )
-        e["gluonTn"] = rel(
-            decode_attention(q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": None}), ref
-        )
-        e["gluonT"] = rel(
-            decode_attention(
-                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": interleave_values_t(st.v_lo)}
+                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": interleave_values(st.v_lo)}
             ),
             ref,
         )
@@ -103,14 +75,14 @@ def main() -> None:
         mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
         ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
         row = {"batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
-        vil = interleave_values(st.v_lo)
-        vil2 = interleave_values_t(st.v_lo)
-        variants = {"triton": {}}
-        variants["gluon_s16_vil"] = {"page_impl": "gluon", "n_splits": 16, "_gluon": {"vil": vil}}
+        vil2 = interleave_values(st.v_lo)
+        variants = {
+            "triton": {},
+            "gluon": {"page_impl": "gluon"},
+            "gluon_vil2": {"page_impl": "gluon", "_gluon": {"vil2": vil2}},
+        }
         for ns in [int(x) for x in args.splits.split(",")]:
-            g = {"page_impl": "gluon", "n_splits": ns or None}
-            variants[f"gluonT_s{ns}"] = {**g, "_gluon": {"vil2": vil2}}
-            variants[f"gluonTn_s{ns}"] = {**g, "_gluon": {"vil2": None}}
+            variants[f"gluon_vil2_s{ns}"] = {"page_impl": "gluon", "n_splits": ns, "_gluon": {"vil2": vil2}}
         for key, kw in variants.items():
             fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
             o = fn()

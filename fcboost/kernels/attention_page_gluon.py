@@ -1,24 +1,42 @@
 """EXPERIMENT: the page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts),
-KIVI-KV2* layout only (no boosted channels), 2-bit codes, page size 128.
+KIVI-KV2* layout only (no boosted channels), 2-bit codes, page size 128, head_dim 128.
 
-Why: Triton's ``tl.dot`` picks the MMA operand layouts itself; for dots fed by unpacked 8-bit codes it
-rebuilds the query operand around every MMA (about a fifth of the Triton page loop's instructions, see
-``experiments/decode_attention.md``). Here each program is **one warp** and every tensor lives in the
-``mma.m16n8k16`` fragment layouts: the query (times the page's key scales) is the A operand in
-registers, each thread loads exactly the key bytes of its B fragment and unpacks them in place (4
-codes -> 2 half2 registers, the same subnormal trick as ``attention_page._raw``), the scores'
-accumulator layout is the probabilities' A layout (no shared memory anywhere), and a one-warp program
-needs no cross-warp reductions; the accumulators are rescaled only when a row's maximum grows.
+Why: Triton's ``tl.dot`` picks the MMA operand layouts itself. The Triton page kernel pads GQA 4 to the
+16 rows of an ``mma.m16n8k16`` (a quarter of every MMA, accumulator and softmax lane does real work) and
+rebuilds the query operand around every MMA (about a fifth of its loop instructions; see
+``experiments/decode_attention.md``). Here each program is **one warp** and every tensor lives in an
+MMA fragment layout: the **codes are the A operand** (16 tokens, or 16 value channel-bytes, per row
+block) and the **query heads the N = 8 columns** (GQA 4 pads to 8: half the MMAs, accumulator
+registers and softmax lanes), each thread loads exactly the bytes of its fragment (4 consecutive k per
+32-bit word with ``k_width=4``) and unpacks them in place (4 codes -> 2 half2 registers, the subnormal
+trick of ``attention_page._raw``), the probabilities go from the scores' accumulator layout to the B
+operand of ``O^T = V^T . P^T`` through one ``stmatrix``/``ldmatrix`` transpose, no cross-warp
+reductions exist, and the accumulators are rescaled only when a head's maximum grows.
 
 Writes the same partials ``(acc, m, l)`` as :func:`fcboost.kernels.attention_page._page_kernel` for
-the same split, so the rest and combine kernels are shared (``decode_attention(..., page_impl="gluon")``).
+the same split, so the rest and combine kernels are shared: ``decode_attention(..., page_impl="gluon")``.
+H200 (``benchmarks/results/gluon_probe_h200.json``): 5-21% faster than the Triton page kernel when the
+value codes are stored token-interleaved (``VIL2`` below; the cache does not store them so yet), slower
+with the cache's own value layout (byte loads).
 """
 
 from __future__ import annotations
 
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+
+def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
+    """(B, H, NV, C) value bytes (the cache's layout) -> the ``VIL2`` layout (B, H, NV/64, 4, C, 16): per
+    64-token step, plane j and channel byte c, the 16 tokens 64 step + 4m + j in order m, so the kernel
+    reads a thread's four tokens as one 32-bit word (NV is zero-padded to a multiple of 64)."""
+    B, H, NV, C = v_lo.shape
+    pad = (-NV) % 64
+    v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
+    v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [step, m, j, c]
+    return v.permute(0, 1, 2, 4, 5, 3).contiguous()
 
 
 def _asm_raw(j: int) -> str:
@@ -37,8 +55,8 @@ G_RAW3: gl.constexpr = gl.constexpr(_asm_raw(3))
 
 @gluon.jit
 def _graw(x, J: gl.constexpr):
-    """uint8 codes (any layout whose 4 consecutive register elements are one MMA k-quad) ->
-    fp16 ``(x & (3 << 2J)) * 2^-24`` exactly (subnormal halves)."""
+    """uint8 codes (a layout whose 4 consecutive register elements are one 32-bit word) -> fp16
+    ``(x & (3 << 2J)) * 2^-24`` exactly (subnormal halves)."""
     if J == 0:
         c = gl.inline_asm_elementwise(G_RAW0, "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
     elif J == 1:
@@ -51,179 +69,7 @@ def _graw(x, J: gl.constexpr):
 
 
 @gluon.jit
-def _pair(x0, x1, la: gl.constexpr):
-    """Two (16, 8) accumulator tiles -> one (16, 16) A operand (columns of x0 then x1), fp16."""
-    y = gl.reshape(gl.permute(gl.join(x0, x1), (0, 2, 1)), (16, 16))
-    return gl.convert_layout(y.to(gl.float16), la)
-
-
-@gluon.jit
-def _pair4(x0, x1, la4: gl.constexpr):
-    """Like :func:`_pair`, in the order of a ``k_width=4`` A operand: k = 4(n // 2) + 2a + n % 2 for
-    column n of x_a, the columns the accumulator layout already gives each thread (no data movement)."""
-    y = gl.reshape(gl.join(x0, x1), (16, 4, 2, 2))  # [m, n // 2, n % 2, a]
-    y = gl.reshape(gl.permute(y, (0, 1, 3, 2)), (16, 16))
-    return gl.convert_layout(y.to(gl.float16), la4)
-
-
-@gluon.jit
-def _pv_block_il(pa, blk, acc0, acc1, acc2, acc3, vlb4: gl.constexpr):
-    """acc_i += pa . codes of channels 4c+i; ``blk``: the block's interleaved bytes (32 channel bytes
-    x 16 tokens in k order), each thread's 4 tokens one 32-bit word."""
-    vk = gl.arange(0, 16, layout=gl.SliceLayout(1, vlb4))
-    nb = gl.arange(0, 32, layout=gl.SliceLayout(0, vlb4))
-    vb = gl.load(blk + nb[None, :] * 16 + vk[:, None])
-    acc0 = mma_v2(pa, _graw(vb, 0), acc0)
-    acc1 = mma_v2(pa, _graw(vb, 1), acc1)
-    acc2 = mma_v2(pa, _graw(vb, 2), acc2)
-    acc3 = mma_v2(pa, _graw(vb, 3), acc3)
-    return acc0, acc1, acc2, acc3
-
-
-@gluon.jit
-def _pv_block(pa, v_base, tok, s_vlt, acc0, acc1, acc2, acc3, vlb: gl.constexpr):
-    """acc_i += pa . codes of channels 4c+i of the 16 tokens ``tok`` (16,) (B operand layout)."""
-    nb = gl.arange(0, 32, layout=gl.SliceLayout(0, vlb))
-    vb = gl.load(v_base + tok[:, None] * s_vlt + nb[None, :])  # (16 tokens, 32 bytes) uint8
-    acc0 = mma_v2(pa, _graw(vb, 0), acc0)
-    acc1 = mma_v2(pa, _graw(vb, 1), acc1)
-    acc2 = mma_v2(pa, _graw(vb, 2), acc2)
-    acc3 = mma_v2(pa, _graw(vb, 3), acc3)
-    return acc0, acc1, acc2, acc3
-
-
-@gluon.jit
 def _page_kernel_gluon(
-    Q, s_qb, s_qh,  # (B, Hq, D)
-    KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
-    KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
-    VLO, s_vlb, s_vlh, s_vlt,  # (B, H, NV, D/4) uint8
-    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, 1) float16
-    NPAGES, NVQ,  # (B,) int32
-    O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
-    qk_scale, H, NSPLIT, NSLOT,
-    GQ: gl.constexpr, D: gl.constexpr, KW: gl.constexpr = 4, VIL: gl.constexpr = False,
-):  # fmt: skip
-    P: gl.constexpr = 128
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
-    la: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)  # P for P.V
-    # Q.K^T: both operands with 4 consecutive channels per thread (a permuted k order the two
-    # operands share): a thread's key bytes are one 32-bit word per k-step
-    lq: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
-    lb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=KW)
-    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
-    cols_l: gl.constexpr = gl.SliceLayout(0, mma)
-    bh = gl.program_id(0)
-    split = gl.program_id(1)
-    b = (bh // H).to(gl.int64)
-    h = (bh % H).to(gl.int64)
-    nft = gl.minimum(gl.load(NPAGES + b) * P, gl.load(NVQ + b)) // P  # full 128-token tiles
-    per = gl.cdiv(nft, NSPLIT)
-    i0 = split * per
-    i1 = gl.minimum(i0 + per, nft)
-    # the query (A operand layout), 16-bit in registers; rows >= GQ are zero
-    qm = gl.arange(0, 16, layout=gl.SliceLayout(1, lq))
-    qd = gl.arange(0, D, layout=gl.SliceLayout(0, lq))
-    q16 = gl.load(
-        Q + b * s_qb + (h * GQ + qm)[:, None] * s_qh + qd[None, :], mask=(qm < GQ)[:, None], other=0.0
-    )
-    # key bytes of one 32-token step: B operand (D channels x 8 byte rows)
-    kc = gl.arange(0, D, layout=gl.SliceLayout(1, lb))
-    kr = gl.arange(0, 8, layout=gl.SliceLayout(0, lb))
-    vlb: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
-    vlb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
-    vk = gl.arange(0, 16, layout=gl.SliceLayout(1, vlb))  # the 16 tokens of a P.V k-block
-    vrow = vk % 8  # byte row of the step
-    vpl = vk // 8  # 0: the block's first plane, 1: its second
-    cn = gl.arange(0, 8, layout=cols_l)
-    k_base = KLO + b * s_klb + h * s_klh
-    ks_base = b * s_ksb + h * s_ksh
-    v_base = VLO + b * s_vlb + h * s_vlh
-    vs_base = b * s_vsb + h * s_vsh
-    m_i = gl.full([16], float("-inf"), gl.float32, layout=rows_l)
-    acc0 = gl.zeros([16, 32], gl.float32, layout=mma)
-    acc1 = gl.zeros([16, 32], gl.float32, layout=mma)
-    acc2 = gl.zeros([16, 32], gl.float32, layout=mma)
-    acc3 = gl.zeros([16, 32], gl.float32, layout=mma)
-    l_acc = gl.zeros([16, 8], gl.float32, layout=mma)
-    z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
-    zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
-    U: gl.constexpr = 16777216.0
-    for pg in range(i0, i1):
-        sc = gl.load(KSC + ks_base + pg * s_ksp + qd).to(gl.float32)
-        zr = gl.load(KZR + ks_base + pg * s_ksp + qd).to(gl.float32)
-        qf = q16.to(gl.float32) * qk_scale
-        qs = (qf * sc[None, :]).to(gl.float16)
-        bias = gl.convert_layout(gl.sum(qf * zr[None, :], axis=1), rows_l)
-        kp = k_base + pg * s_klp
-        for st in gl.static_range(4):  # 32 tokens: byte rows 8st.., planes j -> tokens 4r+j
-            r0 = 8 * st
-            kb = gl.load(kp + (r0 + kr)[None, :] * s_klr + kc[:, None])  # (D, 8) uint8
-            s0 = mma_v2(qs, _graw(kb, 0), zero8) * U + bias[:, None]
-            s1 = mma_v2(qs, _graw(kb, 1), zero8) * (U / 4) + bias[:, None]
-            s2 = mma_v2(qs, _graw(kb, 2), zero8) * (U / 16) + bias[:, None]
-            s3 = mma_v2(qs, _graw(kb, 3), zero8) * (U / 64) + bias[:, None]
-            m_new = gl.maximum(m_i, gl.max(gl.maximum(gl.maximum(s0, s1), gl.maximum(s2, s3)), axis=1))
-            if gl.max(m_new - m_i, axis=0) > 0:  # a row's maximum grew: rescale (else alpha = 1)
-                alpha = gl.exp2(m_i - m_new)
-                acc0 *= alpha[:, None]
-                acc1 *= alpha[:, None]
-                acc2 *= alpha[:, None]
-                acc3 *= alpha[:, None]
-                l_acc *= alpha[:, None]
-                z_acc *= alpha[:, None]
-                m_i = m_new
-            tok = pg * P + 4 * (r0 + cn)  # (8,) tokens of plane 0 (relative to the sink's end)
-            p0 = gl.exp2(s0 - m_i[:, None])
-            p1 = gl.exp2(s1 - m_i[:, None])
-            p2 = gl.exp2(s2 - m_i[:, None])
-            p3 = gl.exp2(s3 - m_i[:, None])
-            vs = VSC + vs_base + tok * s_vst
-            vz = VZR + vs_base + tok * s_vst
-            z0 = gl.load(vz).to(gl.float32)
-            z1 = gl.load(vz + s_vst).to(gl.float32)
-            z2 = gl.load(vz + 2 * s_vst).to(gl.float32)
-            z3 = gl.load(vz + 3 * s_vst).to(gl.float32)
-            l_acc += (p0 + p1) + (p2 + p3)
-            z_acc += (p0 * z0[None, :] + p1 * z1[None, :]) + (p2 * z2[None, :] + p3 * z3[None, :])
-            ps0 = p0 * gl.load(vs).to(gl.float32)[None, :]
-            ps1 = p1 * gl.load(vs + s_vst).to(gl.float32)[None, :]
-            ps2 = p2 * gl.load(vs + 2 * s_vst).to(gl.float32)[None, :]
-            ps3 = p3 * gl.load(vs + 3 * s_vst).to(gl.float32)[None, :]
-            if VIL:  # values stored (step, pair, channel byte, 16 tokens in k order): 32-bit loads
-                blk = v_base + (pg * 4 + st) * 1024
-                acc0, acc1, acc2, acc3 = _pv_block_il(
-                    _pair4(ps0, ps1, la4), blk, acc0, acc1, acc2, acc3, vlb4
-                )
-                acc0, acc1, acc2, acc3 = _pv_block_il(
-                    _pair4(ps2, ps3, la4), blk + 512, acc0, acc1, acc2, acc3, vlb4
-                )
-            else:
-                vt = pg * P + 4 * (r0 + vrow)  # (16,) tokens of the block's first plane, per k
-                acc0, acc1, acc2, acc3 = _pv_block(
-                    _pair(ps0, ps1, la), v_base, vt + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb
-                )
-                acc0, acc1, acc2, acc3 = _pv_block(
-                    _pair(ps2, ps3, la), v_base, vt + 2 + vpl, s_vlt, acc0, acc1, acc2, acc3, vlb
-                )
-    l_i = gl.sum(l_acc, axis=1)
-    zs0 = gl.sum(z_acc, axis=1)
-    o_base = (bh * NSLOT + split) * GQ
-    om = gl.arange(0, 16, layout=rows_l)
-    oc = gl.arange(0, 32, layout=cols_l)
-    o_pp = O_ACC + (o_base + om)[:, None] * D + 4 * oc[None, :]
-    msk = (om < GQ)[:, None]
-    gl.store(o_pp, acc0 * U + zs0[:, None], mask=msk)
-    gl.store(o_pp + 1, acc1 * (U / 4) + zs0[:, None], mask=msk)
-    gl.store(o_pp + 2, acc2 * (U / 16) + zs0[:, None], mask=msk)
-    gl.store(o_pp + 3, acc3 * (U / 64) + zs0[:, None], mask=msk)
-    gl.store(O_M + o_base + om, m_i, mask=om < GQ)
-    gl.store(O_L + o_base + om, l_i, mask=om < GQ)
-
-
-@gluon.jit
-def _page_kernel_gluon_t(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16

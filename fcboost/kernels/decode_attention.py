@@ -127,8 +127,9 @@ def decode_attention(
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
     ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
     :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
-    layouts; KIVI layout, page size 128, inline PTX; CUDA only); ``_gluon``: its experiment knobs
-    (``maxnreg``, ``vil``: the value codes re-laid out token-interleaved, see ``benchmarks/gluon_probe.py``).
+    layouts, codes as the A operand; KIVI layout, page size 128, head_dim 128; CUDA only); ``_gluon``:
+    its experiment knob ``{"vil2": tensor}``, the value codes re-laid out token-interleaved (made by
+    ``benchmarks/gluon_probe.py``; the cache does not store that layout).
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -185,10 +186,15 @@ def decode_attention(
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
     gk = dict(_gluon or {})
-    if gluon:
-        num_warps, maxnreg = 1, gk.get("maxnreg", 0)
+    if set(gk) - {"vil2"} or (gk and not gluon):
+        raise ValueError(f"_gluon={sorted(gk)}: only {{'vil2'}}, and only with page_impl='gluon'")
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
-    ns = split_count(B, H, n_tiles, n_sm, waves, per_sm) if n_splits is None else n_splits
+    if n_splits is not None:
+        ns = n_splits
+    elif gluon:  # one-warp programs: about 32 per SM, >= 2 page tiles each (H200 sweep in gluon_probe)
+        ns = min(max(1, round(32 * n_sm / (B * H))), max(1, n_tiles // 2)) if n_tiles else 0
+    else:
+        ns = split_count(B, H, n_tiles, n_sm, waves, per_sm)
     ns = ns if paged else 0
     nr = n_rest(c, BN, BT, paged, n_sm, B, H) if rest_programs is None else rest_programs
     if nr < 1:
@@ -251,36 +257,19 @@ def decode_attention(
     if ns and gluon:
         from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
-        vil = gk.get("vil")
-        vl = st.v_lo if vil is None else vil
-        if "vil2" in gk:  # the transposed kernel (codes as the A operand, heads as N = 8)
-            from fcboost.kernels.attention_page_gluon import _page_kernel_gluon_t
-
-            v2 = st.v_lo if gk["vil2"] is None else gk["vil2"]
-            _page_kernel_gluon_t[(B * H, ns)](
-                q, q.stride(0), q.stride(1),
-                st.k_lo, *st.k_lo.stride()[:4],
-                st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-                v2, v2.stride(0), v2.stride(1), st.v_lo.stride(2),
-                st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
-                st.n_pages, st.n_vq,
-                o_acc, o_m, o_l,
-                scaling * LOG2E, H, ns, nslot,
-                GQ=GQ, D=D, NATIVE=gk["vil2"] is None, num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
-            )  # fmt: skip
-        else:
-            _page_kernel_gluon[(B * H, ns)](
-                q, q.stride(0), q.stride(1),
-                st.k_lo, *st.k_lo.stride()[:4],
-                st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-                vl, vl.stride(0), vl.stride(1), st.v_lo.stride(2),
-                st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
-                st.n_pages, st.n_vq,
-                o_acc, o_m, o_l,
-                scaling * LOG2E, H, ns, nslot,
-                GQ=GQ, D=D, KW=gk.get("kw", 4), VIL=vil is not None,
-                num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}),
-            )  # fmt: skip
+        vil2 = gk.get("vil2")
+        vl = st.v_lo if vil2 is None else vil2
+        _page_kernel_gluon[(B * H, ns)](
+            q, q.stride(0), q.stride(1),
+            st.k_lo, *st.k_lo.stride()[:4],
+            st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
+            vl, vl.stride(0), vl.stride(1), st.v_lo.stride(2),
+            st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
+            st.n_pages, st.n_vq,
+            o_acc, o_m, o_l,
+            scaling * LOG2E, H, ns, nslot,
+            GQ=GQ, D=D, NATIVE=vil2 is None, num_warps=1,
+        )  # fmt: skip
     elif ns:
         _page_kernel[(B * H, ns)](
             q, q.stride(0), q.stride(1),

@@ -138,6 +138,28 @@ def main() -> None:
             num_warps=1 if BT <= 4 else 4,
         )
         print("pack values", boost, BT, usage(k), flush=True)
+    # the experimental Gluon page kernel (KIVI layout), with the cache's and the interleaved value layout
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from fcboost.kernels import attention_page_gluon as apg
+
+    fn = apg._page_kernel_gluon
+    gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VIL="*u8", VSC="*fp16", VZR="*fp16",
+              NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
+    for native in (True, False):
+        consts = dict(GQ=4, D=128, NATIVE=native)
+        sig = {
+            n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
+            for n in fn.arg_names
+        }
+        k = triton.compile(
+            GluonASTSource(fn, sig, constexprs=consts), target=TARGET, options=dict(num_warps=1)
+        )
+        print(
+            "gluon page (native values)" if native else "gluon page (interleaved values)",
+            usage(k),
+            flush=True,
+        )
     print("ALL COMPILED")
 
 

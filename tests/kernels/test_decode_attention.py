@@ -120,6 +120,46 @@ def test_bad_input_raises(device):
     )
     with pytest.raises(ValueError, match="2-bit"):
         decode_attention(torch.randn(1, 4, 64, device=device).half(), st4, 0.125)
+    q = torch.randn(1, 4, 64, device=device).half()
+    with pytest.raises(ValueError, match="page_impl='tiled'"):
+        decode_attention(q, st, 0.125, page_impl="tiled")
+    with pytest.raises(ValueError, match="page_impl='gluon' serves"):  # head_dim 64 (and, here, no GPU)
+        decode_attention(q, st, 0.125, page_impl="gluon")
+    with pytest.raises(ValueError, match="_gluon="):  # the experiment's knob without its kernel
+        decode_attention(q, st, 0.125, _gluon={"vil2": None})
+
+
+def test_interleaved_value_layout():
+    """VIL2[b, h, s, j, c, m] is byte c of token 64 s + 4 m + j (hand-indexed)."""
+    from fcboost.kernels.attention_page_gluon import interleave_values
+
+    v = torch.randint(0, 256, (2, 3, 130, 32), dtype=torch.uint8)
+    il = interleave_values(v)
+    assert il.shape == (2, 3, 3, 4, 32, 16)
+    for s, j, c, m in [(0, 0, 0, 0), (1, 3, 31, 15), (2, 1, 5, 0), (0, 2, 7, 9)]:
+        t = 64 * s + 4 * m + j
+        assert il[1, 2, s, j, c, m] == (v[1, 2, t, c] if t < 130 else 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_gluon_page_kernel_matches_reference(dtype, interleaved):
+    """The experimental Gluon page kernel (KIVI layout, Qwen3-8B head shape) on ragged rows."""
+    from fcboost.kernels.attention_page_gluon import interleave_values
+
+    dev = torch.device("cuda")
+    st = random_state(KVQuantConfig.kivi(), [32768, 4097, 1000, 289, 161, 33, 1], 8, 128, dtype, dev, seed=3)
+    q = torch.randn(7, 32, 128, device=dev, dtype=dtype)
+    kn, vn = (torch.randn(7, 8, 128, device=dev, dtype=dtype) for _ in range(2))
+    ref = decode_attention_reference(q, st, 128**-0.5, kn, vn)
+    g = {"vil2": interleave_values(st.v_lo)} if interleaved else None
+    out = decode_attention(q, st, 128**-0.5, kn, vn, page_impl="gluon", _gluon=g).float()
+    tri = decode_attention(q, st, 128**-0.5, kn, vn).float()
+    tol = 1e-3 if dtype == torch.float16 else 1e-2
+    assert (out - ref).norm() / ref.norm() < tol
+    assert (out - tri).norm() / tri.norm() < tol / 4  # the same partials up to fp32 summation order
 
 
 @pytest.mark.gpu
