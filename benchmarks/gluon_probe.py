@@ -28,6 +28,25 @@ from fcboost.quant.config import KVQuantConfig
 HQ, HKV, D = 32, 8, 128
 
 
+METHODS = {
+    "kivi": KVQuantConfig.kivi(),
+    "static_f8": KVQuantConfig.static(n_boost=16),
+    "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
+}
+
+
+def gluon_variants(st) -> dict:
+    """The Gluon kernel's variants for a state: with the cache's value layout (when it can) and with
+    the interleaved value planes."""
+    il = {"vil2": interleave_values(st.v_lo)}
+    if st.v_hi is not None:
+        il["vhil"] = interleave_values(st.v_hi)
+    out = {"gluon_il": {"_gluon": il}}
+    if st.v_hi is None:
+        out["gluon"] = {"_gluon": {}}
+    return out
+
+
 def rel(a, ref) -> float:
     return float((a.float() - ref).norm() / ref.norm())
 
@@ -35,34 +54,26 @@ def rel(a, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--splits", default="16,64")
     args = ap.parse_args()
     t0 = time.time()
     dev = torch.device("cuda")
-    cfg = KVQuantConfig.kivi()
     scaling = D**-0.5
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "command": " ".join(sys.argv), "commit": os.environ.get("FCBOOST_COMMIT", "unknown"),
            "correctness": [], "timing": []}  # fmt: skip
-    for dt in (torch.float16, torch.bfloat16):
-        lengths = [32768, 4097, 1000, 289, 161, 33, 1]
-        st = random_state(cfg, lengths, HKV, D, dt, dev, seed=3)
-        B = len(lengths)
-        q = torch.randn(B, HQ, D, device=dev, dtype=dt)
-        kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
-        ref = decode_attention_reference(q, st, scaling, kn, vn)
-        e = {
-            impl: rel(decode_attention(q, st, scaling, kn, vn, page_impl=impl), ref)
-            for impl in ("triton", "gluon")
-        }
-        e["gluon_vil2"] = rel(
-            decode_attention(
-                q, st, scaling, kn, vn, page_impl="gluon", _gluon={"vil2": interleave_values(st.v_lo)}
-            ),
-            ref,
-        )
-        res["correctness"].append({"dtype": str(dt), "lengths": lengths, "rel_l2": e})
-        print("correct", dt, e, flush=True)
+    for mname, mcfg in METHODS.items():
+        for dt in (torch.float16, torch.bfloat16):
+            lengths = [32768, 4097, 1000, 289, 161, 33, 1]
+            st = random_state(mcfg, lengths, HKV, D, dt, dev, seed=3)
+            B = len(lengths)
+            q = torch.randn(B, HQ, D, device=dev, dtype=dt)
+            kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
+            ref = decode_attention_reference(q, st, scaling, kn, vn)
+            e = {"triton": rel(decode_attention(q, st, scaling, kn, vn), ref)}
+            for key, kw in gluon_variants(st).items():
+                e[key] = rel(decode_attention(q, st, scaling, kn, vn, page_impl="gluon", **kw), ref)
+            res["correctness"].append({"method": mname, "dtype": str(dt), "lengths": lengths, "rel_l2": e})
+            print("correct", mname, dt, e, flush=True)
     dtype = torch.bfloat16
     for B, T in [(1, 32768), (8, 32768), (32, 8192), (64, 4096), (8, 131072)]:
         q = torch.randn(B, HQ, D, device=dev, dtype=dtype)
@@ -71,28 +82,30 @@ def main() -> None:
         sdpa = graph_us(partial(F.scaled_dot_product_attention, q[:, :, None], kf, torch.randn_like(kf),
                                 scale=scaling, enable_gqa=True))  # fmt: skip
         del kf
-        st = random_state(cfg, [T - 1] * B, HKV, D, dtype, dev, seed=1)
-        mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
-        ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
-        row = {"batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
-        vil2 = interleave_values(st.v_lo)
-        variants = {
-            "triton": {},
-            "gluon": {"page_impl": "gluon"},
-            "gluon_vil2": {"page_impl": "gluon", "_gluon": {"vil2": vil2}},
-        }
-        for ns in [int(x) for x in args.splits.split(",")]:
-            variants[f"gluon_vil2_s{ns}"] = {"page_impl": "gluon", "n_splits": ns, "_gluon": {"vil2": vil2}}
-        for key, kw in variants.items():
-            fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
-            o = fn()
-            row["variants"][key] = {"us": graph_us(fn), "rel_l2": None if ref is None else rel(o, ref)}
-        best = min((v["us"], k) for k, v in row["variants"].items() if k.startswith("gluon"))
-        print(f"{B}x{T}: sdpa {sdpa:.1f} triton {row['variants']['triton']['us']:.1f} gluon best {best[0]:.1f} ({best[1]})",
-              {k: round(v["us"], 1) for k, v in row["variants"].items()}, flush=True)  # fmt: skip
-        res["timing"].append(row)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        for mname, mcfg in METHODS.items():
+            st = random_state(mcfg, [T - 1] * B, HKV, D, dtype, dev, seed=1)
+            mt = int((torch.minimum(st.n_pages * mcfg.page_size, st.n_vq) // 64).max())
+            ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
+            row = {"method": mname, "batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
+            variants = {"triton": {}}
+            for key, kw in gluon_variants(st).items():
+                variants[key] = {"page_impl": "gluon", **kw}
+                variants[key + "_r168"] = {
+                    "page_impl": "gluon",
+                    **kw,
+                    "_gluon": {**kw["_gluon"], "maxnreg": 168},
+                }
+            for key, kw in variants.items():
+                fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
+                o = fn()
+                row["variants"][key] = {"us": graph_us(fn), "rel_l2": None if ref is None else rel(o, ref)}
+            best = min((v["us"], k) for k, v in row["variants"].items() if k.startswith("gluon"))
+            tri = row["variants"]["triton"]["us"]
+            print(f"{mname} {B}x{T}: sdpa {sdpa:.1f} triton {tri:.1f} gluon best {best[0]:.1f} ({best[1]})",
+                  {k: round(v["us"], 1) for k, v in row["variants"].items()}, flush=True)  # fmt: skip
+            res["timing"].append(row)
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
     res["wall_s"] = time.time() - t0
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

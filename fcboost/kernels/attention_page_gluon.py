@@ -68,26 +68,48 @@ def _graw(x, J: gl.constexpr):
     return c
 
 
+G_RAWM: gl.constexpr = gl.constexpr(
+    "{ .reg .b32 t, z;\nmov.b32 z, 0;\nand.b32 t, $2, $3;\nprmt.b32 $0, t, z, 0x4140;\nprmt.b32 $1, t, z, 0x4342; }"
+)
+
+
+@gluon.jit
+def _graw_m(x, m):
+    """:func:`_graw` with a per-element mask ``m`` (uint8 ``3 << 2j``, the same for the 4 elements of a
+    word): rows of one A operand taken from different planes."""
+    return gl.inline_asm_elementwise(G_RAWM, "=r,=r,r,r", [x, m], dtype=gl.float16, is_pure=True, pack=4)
+
+
 @gluon.jit
 def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
     VIL, s_vlb, s_vlh, s_vlt,  # value codes: (B, H, NV, D/4) uint8, or re-laid out (NATIVE=False, below)
-    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, 1) float16
+    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16 (G = 2 with VBOOST: group 1 = boosted)
+    KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, 16) uint8 boosted keys' high bits (KBOOST)
+    VHI, s_vhb, s_vhh,  # boosted values' high bits, interleaved like VIL: (B, H, NV/64, 4, 4, 16) (VBOOST)
+    BIDX,  # (H, 16) int16 a static mask's channels, ascending (slot s = channel BIDX[h, s])
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, NATIVE: gl.constexpr = False,
+    KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
-    softmax lanes of :func:`_page_kernel_gluon`. S^T = K . (q s)^T per plane of 16 byte rows; P^T
+    softmax lanes of the Triton page kernel. S^T = K . (q s)^T per plane of 16 byte rows; P^T
     feeds O^T = V^T . P^T after a register transpose (``convert_layout``). ``NATIVE``: the cache's
     value layout (a thread's four k are four tokens: byte loads); else values laid out
     ``VIL2[b, h, step, j, c, m]`` = byte c of token 64 step + 4m + j (a step: 64 tokens), so a thread's
-    four k (tokens) are one 32-bit word."""
+    four k (tokens) are one 32-bit word.
+
+    Static masks (16 boosted channels): ``KBOOST`` adds one K = 16 MMA per key block (the high bits
+    times the boosted channels' ``4 q s``); ``VBOOST`` (interleaved values only) adds, per value block,
+    two 16-row A tiles: the boosted channels' low bits (rows gathered from the plane bytes, a mask per
+    row) and their high bits, both against ``P^T`` weighted by the group-1 scales."""
     P: gl.constexpr = 128
+    NB: gl.constexpr = 16
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
     lb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
@@ -119,6 +141,24 @@ def _page_kernel_gluon(
     v_base = VIL + b * s_vlb + h * s_vlh
     vs_base = VSC + b * s_vsb + h * s_vsh
     vz_base = VZR + b * s_vsb + h * s_vsh
+    if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
+        hs = gl.arange(0, NB, layout=gl.SliceLayout(1, lb4))
+        hch = gl.load(BIDX + h * NB + hs).to(gl.int32)
+        qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + hch[:, None]
+        khm = gl.arange(0, 16, layout=gl.SliceLayout(1, la4))
+        khs = gl.arange(0, NB, layout=gl.SliceLayout(0, la4))
+        kh_base = KHI + b * s_khb + h * s_khh
+    if VBOOST:  # A tiles with the 16 slots as rows; each row's plane from its own mask
+        vr = gl.arange(0, NB, layout=gl.SliceLayout(1, la4))
+        vch = gl.load(BIDX + h * NB + vr).to(gl.int32)
+        lo_off = (vch // 4)[:, None] * 16 + vm[None, :]  # the channel's byte row in a plane block
+        lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
+        hi_off = (vr // 4)[:, None] * 16 + vm[None, :]  # slot s: hi byte s // 4, bits 2 (s % 4)
+        hi_msk = ((3 << (2 * (vr % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
+        vh_base = VHI + b * s_vhb + h * s_vhh
+        ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
+        ob_hi = gl.zeros([NB, 8], gl.float32, layout=mma)
+        z1_acc = gl.zeros([16, 8], gl.float32, layout=mma)
     m_i = gl.full([8], float("-inf"), gl.float32, layout=cols_l)
     acc0 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
     acc1 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
@@ -134,12 +174,28 @@ def _page_kernel_gluon(
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
         qs = (qf * sc[:, None]).to(gl.float16)
         bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+        if KBOOST:
+            sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
+            qfh = gl.load(qh_ptr, mask=qmask, other=0.0).to(gl.float32) * (4.0 * qk_scale)
+            qh = (qfh * sch[:, None]).to(gl.float16)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
             kb = gl.load(k_base + pg * s_klp + (16 * st + km)[:, None] * s_klr + kc[None, :])  # (16, D) uint8
-            s0 = mma_v2(_graw(kb, 0), qs, zero8) * U + bias[None, :]
-            s1 = mma_v2(_graw(kb, 1), qs, zero8) * (U / 4) + bias[None, :]
-            s2 = mma_v2(_graw(kb, 2), qs, zero8) * (U / 16) + bias[None, :]
-            s3 = mma_v2(_graw(kb, 3), qs, zero8) * (U / 64) + bias[None, :]
+            s0 = mma_v2(_graw(kb, 0), qs, zero8)
+            s1 = mma_v2(_graw(kb, 1), qs, zero8)
+            s2 = mma_v2(_graw(kb, 2), qs, zero8)
+            s3 = mma_v2(_graw(kb, 3), qs, zero8)
+            if KBOOST:
+                khb = gl.load(
+                    kh_base + pg * s_khp + (16 * st + khm)[:, None] * s_khr + khs[None, :]
+                )  # (16, 16)
+                s0 = mma_v2(_graw(khb, 0), qh, s0)
+                s1 = mma_v2(_graw(khb, 1), qh, s1)
+                s2 = mma_v2(_graw(khb, 2), qh, s2)
+                s3 = mma_v2(_graw(khb, 3), qh, s3)
+            s0 = s0 * U + bias[None, :]
+            s1 = s1 * (U / 4) + bias[None, :]
+            s2 = s2 * (U / 16) + bias[None, :]
+            s3 = s3 * (U / 64) + bias[None, :]
             m_new = gl.maximum(m_i, gl.max(gl.maximum(gl.maximum(s0, s1), gl.maximum(s2, s3)), axis=0))
             if gl.max(m_new - m_i, axis=0) > 0:  # a head's maximum grew: rescale (else alpha = 1)
                 alpha = gl.exp2(m_i - m_new)
@@ -149,6 +205,10 @@ def _page_kernel_gluon(
                 acc3 *= alpha[None, :]
                 l_acc *= alpha[None, :]
                 z_acc *= alpha[None, :]
+                if VBOOST:
+                    ob_lo *= alpha[None, :]
+                    ob_hi *= alpha[None, :]
+                    z1_acc *= alpha[None, :]
                 m_i = m_new
             tok = pg * P + 4 * (16 * st + tm)  # (16,) tokens of plane 0
             blk = v_base + (2 * pg + st) * (4 * (D // 4) * 16)
@@ -176,6 +236,15 @@ def _page_kernel_gluon(
                 acc1 = mma_v2(_graw(va, 1), pb, acc1)
                 acc2 = mma_v2(_graw(va, 2), pb, acc2)
                 acc3 = mma_v2(_graw(va, 3), pb, acc3)
+                if VBOOST:
+                    vs1 = gl.load(vs_base + (tok + j) * s_vst + 1).to(gl.float32)
+                    vz1 = gl.load(vz_base + (tok + j) * s_vst + 1).to(gl.float32)
+                    z1_acc += pj * vz1[:, None]
+                    pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
+                    vlb = gl.load(blk + j * ((D // 4) * 16) + lo_off)  # (16 slots, 16 tokens)
+                    vhb = gl.load(vh_base + (2 * pg + st) * (4 * 4 * 16) + j * (4 * 16) + hi_off)
+                    ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
+                    ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)
     o_base = (bh * NSLOT + split) * GQ
@@ -183,9 +252,29 @@ def _page_kernel_gluon(
     oc = gl.arange(0, D // 4, layout=rows_l)
     o_pp = O_ACC + (o_base + og)[None, :] * D + 4 * oc[:, None]
     msk = (og < GQ)[None, :]
-    gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk)
-    gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)
-    gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk)
-    gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk)
+    if VBOOST:  # boosted channels come from ob_lo/ob_hi: leave them out of the plane stores
+        es = gl.arange(0, NB, layout=cols_l)
+        ech = gl.load(BIDX + h * NB + es).to(gl.int32)  # (16,) along columns
+        e4 = 4 * oc[:, None]
+        nb0 = gl.max((ech[None, :] == e4).to(gl.int32), axis=1) == 0
+        nb1 = gl.max((ech[None, :] == e4 + 1).to(gl.int32), axis=1) == 0
+        nb2 = gl.max((ech[None, :] == e4 + 2).to(gl.int32), axis=1) == 0
+        nb3 = gl.max((ech[None, :] == e4 + 3).to(gl.int32), axis=1) == 0
+        gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk & nb0[:, None])
+        gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk & nb1[:, None])
+        gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk & nb2[:, None])
+        gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk & nb3[:, None])
+        zs1 = gl.sum(z1_acc, axis=0)
+        bs = gl.arange(0, NB, layout=rows_l)
+        bch = gl.load(BIDX + h * NB + bs).to(gl.int32)
+        f_lo = U / (1 << (2 * (bch % 4))).to(gl.float32)  # row s: code * 4^(channel % 4) * 2^-24
+        f_hi = 4.0 * U / (1 << (2 * (bs % 4))).to(gl.float32)  # high bits weigh 4
+        ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + zs1[None, :]
+        gl.store(O_ACC + (o_base + og)[None, :] * D + bch[:, None], ob, mask=msk)
+    else:
+        gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk)
+        gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)
+        gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk)
+        gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk)
     gl.store(O_M + o_base + og, m_i, mask=og < GQ)
     gl.store(O_L + o_base + og, l_i, mask=og < GQ)

@@ -128,8 +128,9 @@ def decode_attention(
     ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
     :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
     layouts, codes as the A operand; KIVI layout, page size 128, head_dim 128; CUDA only); ``_gluon``:
-    its experiment knob ``{"vil2": tensor}``, the value codes re-laid out token-interleaved (made by
-    ``benchmarks/gluon_probe.py``; the cache does not store that layout).
+    its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
+    token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
+    store that layout; a static mask's boosted values need both), ``maxnreg``.
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -176,18 +177,26 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gluon = page_impl == "gluon"
+    gk = dict(_gluon or {})
     if gluon and (
-        kboost or vboost or P != 128 or tile_rows != 32 or D != 128 or GQ > 16 or q.device.type != "cuda"
+        st.k_idx is not None
+        or (kboost and st.n_boost != 16)
+        or (vboost and ("vil2" not in gk or "vhil" not in gk))
+        or P != 128
+        or tile_rows != 32
+        or D != 128
+        or GQ > 8
+        or q.device.type != "cuda"
     ):
         raise ValueError(
-            "page_impl='gluon' serves the KIVI layout (no boosted channels), page size 128, head_dim 128, "
-            "up to 16 query heads per KV head, on CUDA"
+            "page_impl='gluon' serves the KIVI layout and static masks of 16 channels (boosted values only "
+            "with the interleaved value planes: _gluon vil2 and vhil), page size 128, head_dim 128, up to 8 "
+            "query heads per KV head, on CUDA"
         )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
-    gk = dict(_gluon or {})
-    if set(gk) - {"vil2"} or (gk and not gluon):
-        raise ValueError(f"_gluon={sorted(gk)}: only {{'vil2'}}, and only with page_impl='gluon'")
+    if set(gk) - {"vil2", "vhil", "maxnreg"} or (gk and not gluon):
+        raise ValueError(f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg, and only with page_impl='gluon'")
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
@@ -259,16 +268,21 @@ def decode_attention(
 
         vil2 = gk.get("vil2")
         vl = st.v_lo if vil2 is None else vil2
+        vh = gk.get("vhil", st.v_lo)
         _page_kernel_gluon[(B * H, ns)](
             q, q.stride(0), q.stride(1),
             st.k_lo, *st.k_lo.stride()[:4],
             st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
             vl, vl.stride(0), vl.stride(1), st.v_lo.stride(2),
             st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
+            khi, *khs,
+            vh, vh.stride(0), vh.stride(1),
+            st.boost_idx if st.boost_idx is not None else st.k_lo,
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, NATIVE=vil2 is None, num_warps=1,
+            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, num_warps=1,
+            **({"maxnreg": gk["maxnreg"]} if gk.get("maxnreg") else {}),
         )  # fmt: skip
     elif ns:
         _page_kernel[(B * H, ns)](

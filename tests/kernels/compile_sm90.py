@@ -144,10 +144,15 @@ def main() -> None:
     from fcboost.kernels import attention_page_gluon as apg
 
     fn = apg._page_kernel_gluon
-    gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VIL="*u8", VSC="*fp16", VZR="*fp16",
-              NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
-    for native in (True, False):
-        consts = dict(GQ=4, D=128, NATIVE=native)
+    gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VIL="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
+              VHI="*u8", BIDX="*i16", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
+    for native, kb, vb in (
+        (True, False, False),
+        (False, False, False),
+        (True, True, False),
+        (False, True, True),
+    ):
+        consts = dict(GQ=4, D=128, NATIVE=native, KBOOST=kb, VBOOST=vb)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
@@ -156,7 +161,7 @@ def main() -> None:
             GluonASTSource(fn, sig, constexprs=consts), target=TARGET, options=dict(num_warps=1)
         )
         print(
-            "gluon page (native values)" if native else "gluon page (interleaved values)",
+            f"gluon page (native values {native}, key boost {kb}, value boost {vb})",
             usage(k),
             flush=True,
         )
