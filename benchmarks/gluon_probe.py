@@ -90,11 +90,12 @@ def main() -> None:
             variants = {"triton": {}}
             for key, kw in gluon_variants(st).items():
                 variants[key] = {"page_impl": "gluon", **kw}
-                variants[key + "_r168"] = {
-                    "page_impl": "gluon",
-                    **kw,
-                    "_gluon": {**kw["_gluon"], "maxnreg": 168},
-                }
+                for r in (168, 200) if st.v_hi is not None else (168,):
+                    variants[f"{key}_r{r}"] = {
+                        "page_impl": "gluon",
+                        **kw,
+                        "_gluon": {**kw["_gluon"], "maxnreg": r},
+                    }
             for key, kw in variants.items():
                 fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
                 o = fn()
