@@ -144,17 +144,29 @@ def test_interleaved_value_layout():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("interleaved", [False, True])
-def test_gluon_page_kernel_matches_reference(dtype, interleaved):
-    """The experimental Gluon page kernel (KIVI layout, Qwen3-8B head shape) on ragged rows."""
+@pytest.mark.parametrize(
+    "method,interleaved", [("kivi", False), ("kivi", True), ("static_keys", False), ("static", True)]
+)
+def test_gluon_page_kernel_matches_reference(dtype, method, interleaved):
+    """The experimental Gluon page kernel (KIVI layout and static masks of 16 channels, Qwen3-8B head
+    shape) on ragged rows, with the cache's and the interleaved value layout."""
     from fcboost.kernels.attention_page_gluon import interleave_values
 
     dev = torch.device("cuda")
-    st = random_state(KVQuantConfig.kivi(), [32768, 4097, 1000, 289, 161, 33, 1], 8, 128, dtype, dev, seed=3)
+    cfg = {
+        "kivi": KVQuantConfig.kivi(),
+        "static_keys": KVQuantConfig.static(n_boost=16, boost_values=False),
+        "static": KVQuantConfig.static(n_boost=16, boost_values=True),
+    }[method]
+    st = random_state(cfg, [32768, 4097, 1000, 289, 161, 33, 1], 8, 128, dtype, dev, seed=3)
     q = torch.randn(7, 32, 128, device=dev, dtype=dtype)
     kn, vn = (torch.randn(7, 8, 128, device=dev, dtype=dtype) for _ in range(2))
     ref = decode_attention_reference(q, st, 128**-0.5, kn, vn)
-    g = {"vil2": interleave_values(st.v_lo)} if interleaved else None
+    g = None
+    if interleaved:
+        g = {"vil2": interleave_values(st.v_lo)}
+        if st.v_hi is not None:
+            g["vhil"] = interleave_values(st.v_hi)
     out = decode_attention(q, st, 128**-0.5, kn, vn, page_impl="gluon", _gluon=g).float()
     tri = decode_attention(q, st, 128**-0.5, kn, vn).float()
     tol = 1e-3 if dtype == torch.float16 else 1e-2
