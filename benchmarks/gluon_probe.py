@@ -30,7 +30,7 @@ HQ, HKV, D = 32, 8, 128
 
 METHODS = {
     "kivi": KVQuantConfig.kivi(),
-    "static_f8": KVQuantConfig.static(n_boost=16),
+    "static_f8_keys": KVQuantConfig.static(n_boost=16, boost_values=False),
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
 

@@ -1,5 +1,6 @@
-"""EXPERIMENT: the page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts),
-KIVI-KV2* layout only (no boosted channels), 2-bit codes, page size 128, head_dim 128.
+"""EXPERIMENT: the page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts):
+the KIVI-KV2* layout and static masks of 16 channels (keys, and values with the interleaved planes),
+2-bit codes, page size 128, head_dim 128, up to 8 query heads per KV head.
 
 Why: Triton's ``tl.dot`` picks the MMA operand layouts itself. The Triton page kernel pads GQA 4 to the
 16 rows of an ``mma.m16n8k16`` (a quarter of every MMA, accumulator and softmax lane does real work) and
@@ -15,9 +16,10 @@ reductions exist, and the accumulators are rescaled only when a head's maximum g
 
 Writes the same partials ``(acc, m, l)`` as :func:`fcboost.kernels.attention_page._page_kernel` for
 the same split, so the rest and combine kernels are shared: ``decode_attention(..., page_impl="gluon")``.
-H200 (``benchmarks/results/gluon_probe_h200.json``): 5-21% faster than the Triton page kernel when the
-value codes are stored token-interleaved (``VIL2`` below; the cache does not store them so yet), slower
-with the cache's own value layout (byte loads).
+H200 (``benchmarks/results/gluon_probe_h200.json``), whole ``decode_attention``, register cap 168: for
+KIVI 1-15% faster than the Triton kernel with the cache's value layout (byte loads) and 6-24% with
+the value codes stored token-interleaved (``VIL2`` below; the cache does not store them so yet); for a
+static mask with boosted values (interleaved planes only) 24-63% faster.
 """
 
 from __future__ import annotations

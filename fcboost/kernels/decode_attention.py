@@ -130,7 +130,7 @@ def decode_attention(
     layouts, codes as the A operand; KIVI layout, page size 128, head_dim 128; CUDA only); ``_gluon``:
     its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
     token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
-    store that layout; a static mask's boosted values need both), ``maxnreg``.
+    store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none).
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -282,7 +282,7 @@ def decode_attention(
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
             GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, num_warps=1,
-            **({"maxnreg": gk["maxnreg"]} if gk.get("maxnreg") else {}),
+            **({"maxnreg": gk.get("maxnreg", 168)} if gk.get("maxnreg", 168) else {}),  # H200: 168 best
         )  # fmt: skip
     elif ns:
         _page_kernel[(B * H, ns)](
