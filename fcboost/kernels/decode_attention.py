@@ -127,7 +127,8 @@ def decode_attention(
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
     ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
     :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
-    layouts, codes as the A operand; KIVI layout, page size 128, head_dim 128; CUDA only); ``_gluon``:
+    layouts, codes as the A operand; KIVI layout and static masks of 16 channels, page size 128,
+    head_dim 128; CUDA only); ``_gluon``:
     its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
     token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
     store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none).
@@ -197,6 +198,16 @@ def decode_attention(
         maxnreg = 0 if vboost else 128
     if set(gk) - {"vil2", "vhil", "maxnreg"} or (gk and not gluon):
         raise ValueError(f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg, and only with page_impl='gluon'")
+    for key, plane in (("vil2", st.v_lo), ("vhil", st.v_hi)):
+        if gk.get(key) is not None:
+            if plane is None:
+                raise ValueError(f"_gluon[{key!r}]: the state has no such plane (no boosted values)")
+            want = (*plane.shape[:2], -(-plane.shape[2] // 64), 4, plane.shape[3], 16)
+            if tuple(gk[key].shape) != want or gk[key].dtype != torch.uint8:
+                raise ValueError(
+                    f"_gluon[{key!r}] {tuple(gk[key].shape)} {gk[key].dtype}: expected interleave_values() "
+                    f"of the state's plane, uint8 {want}"
+                )
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
