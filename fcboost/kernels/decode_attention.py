@@ -275,7 +275,12 @@ def decode_attention(
         with torch.cuda.stream(side):
             launch_rest()
     if ns and gluon:
-        from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
+        try:
+            from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
+        except ImportError as e:  # a Triton without Gluon (it ships from 3.5 on)
+            raise RuntimeError(
+                f"page_impl='gluon' needs Triton with Gluon; triton {triton.__version__}: {e}"
+            ) from e
 
         vil2 = gk.get("vil2")
         vl = st.v_lo if vil2 is None else vil2
