@@ -29,6 +29,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from fcboost.kernels.attention_page import _asm_raw  # the same PTX unpack as the Triton kernel
+
 
 def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
     """(B, H, NV, C) value bytes (the cache's layout) -> the ``VIL2`` layout (B, H, NV/64, 4, C, 16): per
@@ -39,14 +41,6 @@ def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
     v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
     v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [step, m, j, c]
     return v.permute(0, 1, 2, 4, 5, 3).contiguous()
-
-
-def _asm_raw(j: int) -> str:
-    return (
-        "{ .reg .b32 t, z;\nmov.b32 z, 0;\n"
-        f"and.b32 t, $2, {hex(0x03030303 << (2 * j))};\n"
-        "prmt.b32 $0, t, z, 0x4140;\nprmt.b32 $1, t, z, 0x4342; }"
-    )
 
 
 G_RAW0: gl.constexpr = gl.constexpr(_asm_raw(0))

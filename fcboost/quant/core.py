@@ -60,10 +60,15 @@ def qparams(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.T
     return scale, zero
 
 
+def round_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """fp32 ``floor((x - zero) * (1 / scale) + 0.5)``, not yet clamped: the rounding every quantizer
+    (and the pack kernels, bitwise) shares."""
+    return torch.floor((x.float() - zero.float()) * scale.float().reciprocal() + 0.5)
+
+
 def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes of ``x`` for given fp16 ``scale``/``zero`` (broadcastable to ``x``)."""
-    q = torch.floor((x.float() - zero.float()) * scale.float().reciprocal() + 0.5)
-    return q.clamp_(0, 2**bits - 1).to(torch.uint8)
+    return round_codes(x, scale, zero).clamp_(0, 2**bits - 1).to(torch.uint8)
 
 
 def dequantize_with(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

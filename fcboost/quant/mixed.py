@@ -32,7 +32,15 @@ from dataclasses import dataclass
 
 import torch
 
-from fcboost.quant.core import dequantize_with, pack, qparams, quantize_with, storage_bits, unpack
+from fcboost.quant.core import (
+    dequantize_with,
+    pack,
+    qparams,
+    quantize_with,
+    round_codes,
+    storage_bits,
+    unpack,
+)
 
 
 def boost_index(is_boost: torch.Tensor, n_boost: int) -> torch.Tensor:
@@ -87,7 +95,7 @@ def quantize_key_pages(
     scale = ((mx - mn) / levels).to(torch.float16)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zero = mn.to(torch.float16)
-    q = torch.floor((kf - zero.float()) * scale.float().reciprocal() + 0.5)
+    q = round_codes(kf, scale, zero)
     codes = torch.minimum(q.clamp_(min=0), levels).to(torch.uint8)  # (..., P, D)
     idx = boost_index(is_boost, n_boost)  # (..., nb)
     hi_codes = torch.gather(codes >> bits, -1, idx.unsqueeze(-2).expand(*lead, P, n_boost))
@@ -135,7 +143,7 @@ def quantize_values(
     s_c = torch.gather(scale, -1, g.expand(*lead, N, D))
     z_c = torch.gather(zero, -1, g.expand(*lead, N, D))
     levels = torch.where(mask, 2**boost_bits - 1, 2**bits - 1).float()
-    q = torch.floor((vf - z_c.float()) * s_c.float().reciprocal() + 0.5)
+    q = round_codes(vf, s_c, z_c)
     codes = torch.minimum(q.clamp_(min=0), levels).to(torch.uint8)
     idx = boost_index(is_boost.expand(*lead, D), n_boost).unsqueeze(-2).expand(*lead, N, n_boost)
     hi = pack(torch.gather(codes >> bits, -1, idx), _hi_bits(bits, boost_bits), dim=-1)
