@@ -35,15 +35,18 @@ METHODS = {
 }
 
 
-def gluon_variants(st) -> dict:
+def gluon_variants(st, pfs=(0,), native=True) -> dict:
     """The Gluon kernel's variants for a state: with the cache's value layout (when it can) and with
-    the interleaved value planes."""
+    the interleaved value planes, for each L2 prefetch distance."""
     il = {"vil2": interleave_values(st.v_lo)}
     if st.v_hi is not None:
         il["vhil"] = interleave_values(st.v_hi)
-    out = {"gluon_il": {"_gluon": il}}
-    if st.v_hi is None:
-        out["gluon"] = {"_gluon": {}}
+    out = {}
+    for pf in pfs:
+        sfx = f"_pf{pf}" if pf else ""
+        out["gluon_il" + sfx] = {"_gluon": {**il, "pf": pf}}
+        if st.v_hi is None and native:
+            out["gluon" + sfx] = {"_gluon": {"pf": pf}}
     return out
 
 
@@ -54,14 +57,21 @@ def rel(a, ref) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--pf", default="0", help="L2 prefetch distances to time (comma list, 0: none)")
+    ap.add_argument("--regs", default="168", help="register caps to time (comma list)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--native", action="store_true", help="also time the cache's value layout (KIVI)")
     args = ap.parse_args()
+    pfs = [int(x) for x in args.pf.split(",")]
+    regs = [int(x) for x in args.regs.split(",")]
+    methods = {k: METHODS[k] for k in args.methods.split(",")}
     t0 = time.time()
     dev = torch.device("cuda")
     scaling = D**-0.5
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "command": " ".join(sys.argv), "commit": os.environ.get("FCBOOST_COMMIT", "unknown"),
            "correctness": [], "timing": []}  # fmt: skip
-    for mname, mcfg in METHODS.items():
+    for mname, mcfg in methods.items():
         for dt in (torch.float16, torch.bfloat16):
             lengths = [32768, 4097, 1000, 289, 161, 33, 1]
             st = random_state(mcfg, lengths, HKV, D, dt, dev, seed=3)
@@ -70,7 +80,7 @@ def main() -> None:
             kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
             ref = decode_attention_reference(q, st, scaling, kn, vn)
             e = {"triton": rel(decode_attention(q, st, scaling, kn, vn), ref)}
-            for key, kw in gluon_variants(st).items():
+            for key, kw in gluon_variants(st, pfs, args.native).items():
                 e[key] = rel(decode_attention(q, st, scaling, kn, vn, page_impl="gluon", **kw), ref)
             res["correctness"].append({"method": mname, "dtype": str(dt), "lengths": lengths, "rel_l2": e})
             print("correct", mname, dt, e, flush=True)
@@ -82,15 +92,14 @@ def main() -> None:
         sdpa = graph_us(partial(F.scaled_dot_product_attention, q[:, :, None], kf, torch.randn_like(kf),
                                 scale=scaling, enable_gqa=True))  # fmt: skip
         del kf
-        for mname, mcfg in METHODS.items():
+        for mname, mcfg in methods.items():
             st = random_state(mcfg, [T - 1] * B, HKV, D, dtype, dev, seed=1)
             mt = int((torch.minimum(st.n_pages * mcfg.page_size, st.n_vq) // 64).max())
             ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
             row = {"method": mname, "batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
             variants = {"triton": {}}
-            for key, kw in gluon_variants(st).items():
-                variants[key] = {"page_impl": "gluon", **kw}
-                for r in (168, 200) if st.v_hi is not None else (168,):
+            for key, kw in gluon_variants(st, pfs, args.native).items():
+                for r in regs:
                     variants[f"{key}_r{r}"] = {
                         "page_impl": "gluon",
                         **kw,

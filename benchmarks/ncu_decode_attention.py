@@ -1,6 +1,8 @@
 """Drive the decode-attention kernels for an Nsight Compute profile (one shape, one method).
 
 ncu --launch-skip 3 --launch-count 3 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
+Extra ``key=value`` arguments go to ``decode_attention``; ``gluon_il=True`` runs the Gluon page kernel
+on interleaved value planes, with ``pf=N`` (L2 prefetch distance) and ``maxnreg=N`` as its knobs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ if __name__ == "__main__":
     }
     cfg, dev = METHODS[name], torch.device("cuda")
     st = random_state(cfg, [T - 1] * B, 8, 128, torch.bfloat16, dev, seed=1)
+    if kw.pop("gluon_il", False):
+        from fcboost.kernels.attention_page_gluon import interleave_values
+
+        g = {"vil2": interleave_values(st.v_lo), "pf": kw.pop("pf", 0), "maxnreg": kw.pop("maxnreg", 168)}
+        if st.v_hi is not None:
+            g["vhil"] = interleave_values(st.v_hi)
+        kw.update(page_impl="gluon", _gluon=g)
     q = torch.randn(B, 32, 128, device=dev, dtype=torch.bfloat16)
     kn, vn = (torch.randn(B, 8, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):

@@ -76,6 +76,40 @@ def _graw_m(x, m):
     return gl.inline_asm_elementwise(G_RAWM, "=r,=r,r,r", [x, m], dtype=gl.float16, is_pure=True, pack=4)
 
 
+G_PF: gl.constexpr = gl.constexpr(
+    "{ .reg .pred p;\nsetp.ne.s32 p, $2, 0;\n@p prefetch.global.L2 [$1];\nmov.b32 $0, 0; }"
+)
+
+
+@gluon.jit
+def _l2_prefetch(ptrs, on):
+    """``prefetch.global.L2`` of the 128-byte line at each lane's pointer where ``on`` != 0 (one
+    instruction per lane; nothing comes back to registers)."""
+    gl.inline_asm_elementwise(G_PF, "=r,l,r", [ptrs, on], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _prefetch_page(pg, ok, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base, vz_base, s_vst,
+                   kh_base, s_khp, vh_base, D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr,
+                   VBOOST: gl.constexpr):  # fmt: skip
+    """Bring page ``pg``'s bytes (codes, scales) into L2 if ``ok``: a one-warp program's next loads then
+    wait for L2 instead of HBM."""
+    P: gl.constexpr = 128
+    on = ok.to(gl.int32) + 0 * lane
+    _l2_prefetch(k_base + pg * s_klp + lane * 128, on)  # P/4 x D = 4 KB: a line per lane
+    _l2_prefetch(v_base + pg * (2 * 4 * (D // 4) * 16) + lane * 128, on)  # two 64-token steps: 4 KB
+    fl = on * (lane < 2).to(gl.int32)  # D fp16 = 2 lines
+    _l2_prefetch(KSC + ks_base + pg * s_ksp + lane * 64, fl)
+    _l2_prefetch(KZR + ks_base + pg * s_ksp + lane * 64, fl)
+    vl = on * (lane < 2 * G).to(gl.int32)  # P x G fp16
+    _l2_prefetch(vs_base + pg * P * s_vst + lane * 64, vl)
+    _l2_prefetch(vz_base + pg * P * s_vst + lane * 64, vl)
+    if KBOOST:
+        _l2_prefetch(kh_base + pg * s_khp + lane * 128, on * (lane < 4).to(gl.int32))  # P/4 x 16
+    if VBOOST:
+        _l2_prefetch(vh_base + pg * (2 * 4 * 4 * 16) + lane * 128, on * (lane < 4).to(gl.int32))
+
+
 @gluon.jit
 def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
@@ -90,7 +124,7 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, NATIVE: gl.constexpr = False,
-    KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
+    KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False, PF: gl.constexpr = 0,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
@@ -162,7 +196,23 @@ def _page_kernel_gluon(
     z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
     zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
     U: gl.constexpr = 16777216.0
+    if PF > 0:  # L2 prefetch PF pages ahead (interleaved values only)
+        lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
+        if VBOOST:
+            vh_pf = VHI + b * s_vhb + h * s_vhh
+        else:
+            vh_pf = v_base
+        if KBOOST:
+            kh_pf = KHI + b * s_khb + h * s_khh
+        else:
+            kh_pf = k_base
+        for d in gl.static_range(1, PF):
+            _prefetch_page(i0 + d, i0 + d < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
+                           vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
     for pg in range(i0, i1):
+        if PF > 0:
+            _prefetch_page(pg + PF, pg + PF < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
+                           vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
         sc = gl.load(KSC + ks_base + pg * s_ksp + qc).to(gl.float32)
         zr = gl.load(KZR + ks_base + pg * s_ksp + qc).to(gl.float32)
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale

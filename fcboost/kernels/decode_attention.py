@@ -131,7 +131,8 @@ def decode_attention(
     head_dim 128; CUDA only); ``_gluon``:
     its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
     token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
-    store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none).
+    store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none),
+    ``pf``: L2 prefetch of the page ``pf`` pages ahead (default 0: none).
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -196,8 +197,8 @@ def decode_attention(
         )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
-    if set(gk) - {"vil2", "vhil", "maxnreg"} or (gk and not gluon):
-        raise ValueError(f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg, and only with page_impl='gluon'")
+    if set(gk) - {"vil2", "vhil", "maxnreg", "pf"} or (gk and not gluon):
+        raise ValueError(f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg / pf, and only with page_impl='gluon'")
     for key, plane in (("vil2", st.v_lo), ("vhil", st.v_hi)):
         if gk.get(key) is not None:
             if plane is None:
@@ -297,7 +298,7 @@ def decode_attention(
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, num_warps=1,
+            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, PF=gk.get("pf", 0), num_warps=1,
             **({"maxnreg": gk.get("maxnreg", 168)} if gk.get("maxnreg", 168) else {}),  # H200: 168 best
         )  # fmt: skip
     elif ns:

@@ -146,13 +146,15 @@ def main() -> None:
     fn = apg._page_kernel_gluon
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VIL="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               VHI="*u8", BIDX="*i16", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
-    for native, kb, vb in (
-        (True, False, False),
-        (False, False, False),
-        (True, True, False),
-        (False, True, True),
+    for native, kb, vb, pf in (
+        (True, False, False, 0),
+        (False, False, False, 0),
+        (False, False, False, 2),
+        (True, True, False, 0),
+        (False, True, True, 0),
+        (False, True, True, 2),
     ):
-        consts = dict(GQ=4, D=128, NATIVE=native, KBOOST=kb, VBOOST=vb)
+        consts = dict(GQ=4, D=128, NATIVE=native, KBOOST=kb, VBOOST=vb, PF=pf)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
@@ -161,7 +163,7 @@ def main() -> None:
             GluonASTSource(fn, sig, constexprs=consts), target=TARGET, options=dict(num_warps=1)
         )
         print(
-            f"gluon page (native values {native}, key boost {kb}, value boost {vb})",
+            f"gluon page (native values {native}, key boost {kb}, value boost {vb}, L2 prefetch {pf})",
             usage(k),
             flush=True,
         )
