@@ -35,7 +35,7 @@ METHODS = {
 }
 
 
-def gluon_variants(st, pfs=(0,), native=True) -> dict:
+def gluon_variants(st, pfs=(0,), native=True, stages=()) -> dict:
     """The Gluon kernel's variants for a state: with the cache's value layout (when it can) and with
     the interleaved value planes, for each L2 prefetch distance."""
     il = {"vil2": interleave_values(st.v_lo)}
@@ -47,6 +47,8 @@ def gluon_variants(st, pfs=(0,), native=True) -> dict:
         out["gluon_il" + sfx] = {"_gluon": {**il, "pf": pf}}
         if st.v_hi is None and native:
             out["gluon" + sfx] = {"_gluon": {"pf": pf}}
+    for n in stages:
+        out[f"gluon_il_s{n}"] = {"_gluon": {**il, "stages": n}}
     return out
 
 
@@ -61,10 +63,12 @@ def main() -> None:
     ap.add_argument("--regs", default="168", help="register caps to time (comma list)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--native", action="store_true", help="also time the cache's value layout (KIVI)")
+    ap.add_argument("--stages", default="", help="cp.async pipeline depths to time (comma list)")
     args = ap.parse_args()
     pfs = [int(x) for x in args.pf.split(",")]
     regs = [int(x) for x in args.regs.split(",")]
     methods = {k: METHODS[k] for k in args.methods.split(",")}
+    stages = [int(x) for x in args.stages.split(",") if x]
     t0 = time.time()
     dev = torch.device("cuda")
     scaling = D**-0.5
@@ -80,7 +84,7 @@ def main() -> None:
             kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
             ref = decode_attention_reference(q, st, scaling, kn, vn)
             e = {"triton": rel(decode_attention(q, st, scaling, kn, vn), ref)}
-            for key, kw in gluon_variants(st, pfs, args.native).items():
+            for key, kw in gluon_variants(st, pfs, args.native, stages).items():
                 e[key] = rel(decode_attention(q, st, scaling, kn, vn, page_impl="gluon", **kw), ref)
             res["correctness"].append({"method": mname, "dtype": str(dt), "lengths": lengths, "rel_l2": e})
             print("correct", mname, dt, e, flush=True)
@@ -98,7 +102,7 @@ def main() -> None:
             ref = decode_attention_reference(q, st, scaling, kn, vn) if B * T <= 8 * 32768 else None
             row = {"method": mname, "batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
             variants = {"triton": {}}
-            for key, kw in gluon_variants(st, pfs, args.native).items():
+            for key, kw in gluon_variants(st, pfs, args.native, stages).items():
                 for r in regs:
                     variants[f"{key}_r{r}"] = {
                         "page_impl": "gluon",

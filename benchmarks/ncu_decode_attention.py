@@ -33,7 +33,12 @@ if __name__ == "__main__":
     if kw.pop("gluon_il", False):
         from fcboost.kernels.attention_page_gluon import interleave_values
 
-        g = {"vil2": interleave_values(st.v_lo), "pf": kw.pop("pf", 0), "maxnreg": kw.pop("maxnreg", 168)}
+        g = {
+            "vil2": interleave_values(st.v_lo),
+            "pf": kw.pop("pf", 0),
+            "stages": kw.pop("stages", 0),
+            "maxnreg": kw.pop("maxnreg", 168),
+        }
         if st.v_hi is not None:
             g["vhil"] = interleave_values(st.v_hi)
         kw.update(page_impl="gluon", _gluon=g)

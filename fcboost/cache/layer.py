@@ -54,12 +54,13 @@ from fcboost.quant.mixed import (
 )
 
 
-def _grow(t: torch.Tensor | None, dim: int, need: int) -> torch.Tensor | None:
-    """Return ``t`` with at least ``need`` entries along ``dim`` (capacity doubles)."""
+def _grow(t: torch.Tensor | None, dim: int, need: int, multiple: int = 1) -> torch.Tensor | None:
+    """Return ``t`` with at least ``need`` entries along ``dim`` (capacity doubles, rounded up to a
+    multiple of ``multiple``)."""
     if t is None or t.shape[dim] >= need:
         return t
     shape = list(t.shape)
-    shape[dim] = max(need, 2 * t.shape[dim]) - t.shape[dim]
+    shape[dim] = -(-max(need, 2 * t.shape[dim]) // multiple) * multiple - t.shape[dim]
     return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
@@ -322,7 +323,7 @@ class QuantizedLayer(CacheLayerMixin):
             from fcboost.kernels.quant_pack import pack_values_into
 
             for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
-                setattr(self, name, _grow(getattr(self, name), 2, j0 + n))
+                setattr(self, name, _grow(getattr(self, name), 2, j0 + n, 64))
             src = vals.unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n, D), batch stride 0
             pack_values_into(self, src, [b], [0], [j0], [n], max_count=n)
             return
@@ -332,7 +333,7 @@ class QuantizedLayer(CacheLayerMixin):
         nb = self.n_boost if is_boost is not None else 0
         pv = quantize_values(vals, c.value_bits, c.boost_bits, is_boost, nb)
         for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
-            setattr(self, name, _grow(getattr(self, name), 2, j0 + n))
+            setattr(self, name, _grow(getattr(self, name), 2, j0 + n, 64))
         self.v_lo[b, :, j0 : j0 + n] = pv.lo
         self.v_scale[b, :, j0 : j0 + n] = pv.scale
         self.v_zero[b, :, j0 : j0 + n] = pv.zero

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as _ac
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from fcboost.kernels.attention_page import _asm_raw  # the same PTX unpack as the Triton kernel
@@ -41,6 +42,12 @@ def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
     v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
     v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [step, m, j, c]
     return v.permute(0, 1, 2, 4, 5, 3).contiguous()
+
+
+# Triton 3.6 (the H200 image) names these async_copy_global_to_shared / thread_barrier; later Triton
+# async_load / barrier
+_cp_async = getattr(_ac, "async_load", None) or _ac.async_copy_global_to_shared
+_warp_sync = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 G_RAW0: gl.constexpr = gl.constexpr(_asm_raw(0))
@@ -111,6 +118,72 @@ def _prefetch_page(pg, ok, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base
 
 
 @gluon.jit
+def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
+    """Column ``c`` of a (16, 4 GS) tile whose lanes hold whole rows, as fp32 in ``layout`` (split in
+    registers: no shuffles)."""
+    if GS == 1:
+        a, b = gl.split(gl.reshape(t, [16, 2, 2]))  # columns (0, 2), (1, 3)
+        x = a if c % 2 == 0 else b
+        y0, y1 = gl.split(x)
+        y = y0 if c // 2 == 0 else y1
+    else:
+        a, b = gl.split(gl.reshape(t, [16, 4, 2]))
+        x = a if c % 2 == 0 else b  # columns c % 2 + 2k
+        p, q = gl.split(gl.reshape(x, [16, 2, 2]))  # k = (0, 2), (1, 3)
+        z = p if (c // 2) % 2 == 0 else q
+        y0, y1 = gl.split(z)
+        y = y0 if c // 4 == 0 else y1
+    return gl.convert_layout(y, layout).to(gl.float32)
+
+
+@gluon.jit
+def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
+                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, BIDX, bidx_off,
+                D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
+                STAGES: gl.constexpr):  # fmt: skip
+    """cp.async of 64-token step ``gs`` (page gs // 2, byte rows 16 (gs % 2) ...) into stage
+    ``gs % STAGES``: key bytes (16, D), value bytes (4 planes x D/4 channel bytes, 16), the page's key
+    scales/zeros (D,), the step's value scales/zeros as (16, 4 G) ([m, j G + g] = token 4m + j,
+    group g); boosted: key high bits (16, 16), and per plane j the 16 boosted slots' rows of the low
+    (gathered by the slot map) and high value planes (4, 16, 16). ``ok`` false: zero-filled."""
+    slot = gs % STAGES
+    pg = gs // 2
+    r0 = 16 * (gs % 2)
+    l16: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [1, 1], [1, 0])
+    kr = gl.arange(0, 16, layout=gl.SliceLayout(1, l16))
+    kc = gl.arange(0, D, layout=gl.SliceLayout(0, l16))
+    _cp_async(k_s.index(slot), k_base + pg * s_klp + (r0 + kr)[:, None] * s_klr + kc[None, :], mask=ok)
+    lv: gl.constexpr = gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0])
+    vr = gl.arange(0, D, layout=gl.SliceLayout(1, lv))  # 4 planes x D/4 channel bytes
+    vm = gl.arange(0, 16, layout=gl.SliceLayout(0, lv))
+    _cp_async(v_s.index(slot), v_base + gs * (D * 16) + vr[:, None] * 16 + vm[None, :], mask=ok)
+    ls: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+    sc = gl.arange(0, D, layout=ls)
+    _cp_async(ks_s.index(slot), KSC + ks_base + pg * s_ksp + sc, mask=ok)
+    _cp_async(kz_s.index(slot), KZR + ks_base + pg * s_ksp + sc, mask=ok)
+    lt: gl.constexpr = gl.BlockedLayout([1, 2 * G], [16, 2], [1, 1], [1, 0])
+    tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lt))
+    tc = gl.arange(0, 4 * G, layout=gl.SliceLayout(0, lt))
+    t_off = (gs * 64 + 4 * tm)[:, None] * G + tc[None, :]
+    _cp_async(vs_s.index(slot), vs_base + t_off, mask=ok)
+    _cp_async(vz_s.index(slot), vz_base + t_off, mask=ok)
+    if KBOOST:
+        lh: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [1, 1], [1, 0])
+        hr = gl.arange(0, 16, layout=gl.SliceLayout(1, lh))
+        hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
+        _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
+    if VBOOST:
+        gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
+        gsl = gr % 16
+        ch = gl.load(BIDX + bidx_off + gsl).to(gl.int32)  # slot -> channel
+        row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in plane j
+        _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
+        hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of plane j
+        _cp_async(vh_s.index(slot), vh_base + gs * 256 + hrow[:, None] * 16 + vm[None, :], mask=ok)
+    _ac.commit_group()
+
+
+@gluon.jit
 def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
@@ -125,6 +198,7 @@ def _page_kernel_gluon(
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, NATIVE: gl.constexpr = False,
     KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False, PF: gl.constexpr = 0,
+    STAGES: gl.constexpr = 0,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
@@ -209,15 +283,49 @@ def _page_kernel_gluon(
         for d in gl.static_range(1, PF):
             _prefetch_page(i0 + d, i0 + d < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
                            vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
+    GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
+    if STAGES > 0:  # cp.async pipeline over 64-token steps (interleaved values only), see _issue_step
+        if KBOOST:
+            kh_s_base = KHI + b * s_khb + h * s_khh
+        else:
+            kh_s_base = k_base
+        if VBOOST:
+            vh_s_base = VHI + b * s_vhb + h * s_vhh
+        else:
+            vh_s_base = v_base
+        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        k_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, D], gl.SwizzledSharedLayout(16, 1, 8, [1, 0]))
+        v_s = gl.allocate_shared_memory(gl.uint8, [STAGES, D, 16], flat)
+        ks_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
+        kz_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
+        vs_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
+        vz_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
+        if KBOOST:
+            kh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, 16], flat)
+        else:  # (unused: a stand-in argument)
+            kh_s = k_s
+        if VBOOST:
+            vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
+            vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
+        else:
+            vl_s = v_s
+            vh_s = v_s
+        lrow: gl.constexpr = gl.BlockedLayout([1, 4 * GS], [8, 4], [1, 1], [1, 0])
+        for d in gl.static_range(STAGES - 1):
+            _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base,
+                        s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_s_base, s_khp, s_khr,
+                        vh_s_base, BIDX, h * NB, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
     for pg in range(i0, i1):
         if PF > 0:
             _prefetch_page(pg + PF, pg + PF < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
                            vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
-        sc = gl.load(KSC + ks_base + pg * s_ksp + qc).to(gl.float32)
-        zr = gl.load(KZR + ks_base + pg * s_ksp + qc).to(gl.float32)
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
-        qs = (qf * sc[:, None]).to(gl.float16)
-        bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+        if STAGES == 0:
+            sc = gl.load(KSC + ks_base + pg * s_ksp + qc).to(gl.float32)
+            zr = gl.load(KZR + ks_base + pg * s_ksp + qc).to(gl.float32)
+            qs = (qf * sc[:, None]).to(gl.float16)
+            bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
         if VBOOST:  # the boosted channels' rows in the value plane blocks (re-read per page, as below)
             vch = gl.load(BIDX + h * NB + vr + 0 * pg).to(gl.int32)
             lo_off = (vch // 4)[:, None] * 16 + vm[None, :]  # the channel's byte row in a plane block
@@ -229,15 +337,38 @@ def _page_kernel_gluon(
             sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
             qh = (qfh * sch[:, None]).to(gl.float16)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
-            kb = gl.load(k_base + pg * s_klp + (16 * st + km)[:, None] * s_klr + kc[None, :])  # (16, D) uint8
+            if STAGES > 0:
+                g = 2 * pg + st
+                _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
+                _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
+                _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s,
+                            vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
+                            kh_s_base, s_khp, s_khr, vh_s_base, BIDX, h * NB, D, GS, KBOOST, VBOOST,
+                            STAGES)  # fmt: skip
+                slot = g % STAGES
+                if st == 0:
+                    sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
+                    zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
+                    qs = (qf * sc[:, None]).to(gl.float16)
+                    bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+                kb = k_s.index(slot).load(la4)  # (16, D) uint8
+                vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS): each lane holds its rows whole
+                vz_t = vz_s.index(slot).load(lrow)
+            else:
+                kb = gl.load(
+                    k_base + pg * s_klp + (16 * st + km)[:, None] * s_klr + kc[None, :]
+                )  # (16, D) uint8
             s0 = mma_v2(_graw(kb, 0), qs, zero8)
             s1 = mma_v2(_graw(kb, 1), qs, zero8)
             s2 = mma_v2(_graw(kb, 2), qs, zero8)
             s3 = mma_v2(_graw(kb, 3), qs, zero8)
             if KBOOST:
-                khb = gl.load(
-                    kh_base + pg * s_khp + (16 * st + khm)[:, None] * s_khr + khs[None, :]
-                )  # (16, 16)
+                if STAGES > 0:
+                    khb = kh_s.index(slot).load(la4)
+                else:
+                    khb = gl.load(
+                        kh_base + pg * s_khp + (16 * st + khm)[:, None] * s_khr + khs[None, :]
+                    )  # (16, 16)
                 s0 = mma_v2(_graw(khb, 0), qh, s0)
                 s1 = mma_v2(_graw(khb, 1), qh, s1)
                 s2 = mma_v2(_graw(khb, 2), qh, s2)
@@ -272,12 +403,18 @@ def _page_kernel_gluon(
                 else:
                     sj = s3
                 pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
-                vsj = gl.load(vs_base + (tok + j) * s_vst).to(gl.float32)
-                vzj = gl.load(vz_base + (tok + j) * s_vst).to(gl.float32)
+                if STAGES > 0:
+                    vsj = _col(vs_t, j * GS, GS, rows_l)
+                    vzj = _col(vz_t, j * GS, GS, rows_l)
+                else:
+                    vsj = gl.load(vs_base + (tok + j) * s_vst).to(gl.float32)
+                    vzj = gl.load(vz_base + (tok + j) * s_vst).to(gl.float32)
                 l_acc += pj
                 z_acc += pj * vzj[:, None]
                 pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
-                if NATIVE:
+                if STAGES > 0:
+                    va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)
+                elif NATIVE:
                     vt = gl.convert_layout(tok, gl.SliceLayout(0, la4)) + j
                     va = gl.load(v_base + vt[None, :] * s_vlt + vc[:, None])
                 else:
@@ -287,12 +424,18 @@ def _page_kernel_gluon(
                 acc2 = mma_v2(_graw(va, 2), pb, acc2)
                 acc3 = mma_v2(_graw(va, 3), pb, acc3)
                 if VBOOST:
-                    vs1 = gl.load(vs_base + (tok + j) * s_vst + 1).to(gl.float32)
-                    vz1 = gl.load(vz_base + (tok + j) * s_vst + 1).to(gl.float32)
+                    if STAGES > 0:
+                        vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
+                        vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
+                        vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
+                        vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)
+                    else:
+                        vs1 = gl.load(vs_base + (tok + j) * s_vst + 1).to(gl.float32)
+                        vz1 = gl.load(vz_base + (tok + j) * s_vst + 1).to(gl.float32)
+                        vlb = gl.load(blk + j * ((D // 4) * 16) + lo_off)  # (16 slots, 16 tokens)
+                        vhb = gl.load(vh_base + (2 * pg + st) * (4 * 4 * 16) + j * (4 * 16) + hi_off)
                     z1_acc += pj * vz1[:, None]
                     pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
-                    vlb = gl.load(blk + j * ((D // 4) * 16) + lo_off)  # (16 slots, 16 tokens)
-                    vhb = gl.load(vh_base + (2 * pg + st) * (4 * 4 * 16) + j * (4 * 16) + hi_off)
                     ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head

@@ -132,7 +132,8 @@ def decode_attention(
     its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
     token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
     store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none),
-    ``pf``: L2 prefetch of the page ``pf`` pages ahead (default 0: none).
+    ``pf``: L2 prefetch of the page ``pf`` pages ahead (default 0: none), ``stages``: a cp.async
+    pipeline of that many 64-token steps through shared memory (default 0: direct loads; needs ``vil2``).
     """
     if page_impl not in ("triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
@@ -197,8 +198,23 @@ def decode_attention(
         )
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
-    if set(gk) - {"vil2", "vhil", "maxnreg", "pf"} or (gk and not gluon):
-        raise ValueError(f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg / pf, and only with page_impl='gluon'")
+    if set(gk) - {"vil2", "vhil", "maxnreg", "pf", "stages"} or (gk and not gluon):
+        raise ValueError(
+            f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg / pf / stages, and only with page_impl='gluon'"
+        )
+    if gk.get("stages", 0):
+        G = st.v_scale.shape[-1]
+        if (
+            gk["stages"] < 2
+            or gk.get("vil2") is None
+            or st.v_scale.stride()[2:] != (G, 1)
+            or any(x % 8 for x in st.v_scale.stride()[:2])
+        ):
+            raise ValueError(
+                f"_gluon stages={gk['stages']}: expected >= 2, with the interleaved value planes (vil2) and "
+                f"value scales (B, H, NV, G) contiguous per row and head, 16-byte aligned (NV a multiple of 8); "
+                f"got v_scale strides {st.v_scale.stride()}"
+            )
     for key, plane in (("vil2", st.v_lo), ("vhil", st.v_hi)):
         if gk.get(key) is not None:
             if plane is None:
@@ -298,7 +314,7 @@ def decode_attention(
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, PF=gk.get("pf", 0), num_warps=1,
+            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, PF=gk.get("pf", 0), STAGES=gk.get("stages", 0), num_warps=1,
             **({"maxnreg": gk.get("maxnreg", 168)} if gk.get("maxnreg", 168) else {}),  # H200: 168 best
         )  # fmt: skip
     elif ns:

@@ -180,7 +180,7 @@ def random_state(
 
     done = [max(0, n - 1) if pending else n for n in lengths]
     npg, nvq = [pages(n) for n in done], [vq(n) for n in done]
-    NP, NV = max(npg + [1]), max(nvq + [1])
+    NP, NV = max(npg + [1]), -(-max(nvq + [1]) // 64) * 64  # value capacity in 64-token steps, as the cache
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
