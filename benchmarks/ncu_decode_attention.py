@@ -1,8 +1,8 @@
 """Drive the decode-attention kernels for an Nsight Compute profile (one shape, one method).
 
 ncu --launch-skip 3 --launch-count 3 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
-Extra ``key=value`` arguments go to ``decode_attention``; ``gluon_il=True`` runs the Gluon page kernel
-on interleaved value planes, with ``pf=N`` (L2 prefetch distance) and ``maxnreg=N`` as its knobs.
+Extra ``key=value`` arguments go to ``decode_attention``; ``gluon=True`` runs the Gluon page kernel,
+with ``stages=N`` and ``maxnreg=N`` as its knobs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fcboost.quant.config import KVQuantConfig
 METHODS = {
     "kivi": KVQuantConfig.kivi(),
     "kitty16": KVQuantConfig.kitty(n_boost=16),
+    "static_f8_keys": KVQuantConfig.static(n_boost=16, boost_values=False),
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
 
@@ -30,17 +31,8 @@ if __name__ == "__main__":
     }
     cfg, dev = METHODS[name], torch.device("cuda")
     st = random_state(cfg, [T - 1] * B, 8, 128, torch.bfloat16, dev, seed=1)
-    if kw.pop("gluon_il", False):
-        from fcboost.kernels.attention_page_gluon import interleave_values
-
-        g = {
-            "vil2": interleave_values(st.v_lo),
-            "pf": kw.pop("pf", 0),
-            "stages": kw.pop("stages", 0),
-            "maxnreg": kw.pop("maxnreg", 168),
-        }
-        if st.v_hi is not None:
-            g["vhil"] = interleave_values(st.v_hi)
+    if kw.pop("gluon", False):
+        g = {"stages": kw.pop("stages", 2), "maxnreg": kw.pop("maxnreg", 168)}
         kw.update(page_impl="gluon", _gluon=g)
     q = torch.randn(B, 32, 128, device=dev, dtype=torch.bfloat16)
     kn, vn = (torch.randn(B, 8, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))

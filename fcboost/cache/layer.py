@@ -24,8 +24,8 @@ Storage per layer (B rows, H KV heads, head_dim D, capacity NP pages / NV tokens
 | k_idx                 | (B, H, NP, nb)           | int16 (dynamic selector) |
 | k_scale, k_zero       | (B, H, NP, D)            | float16    |
 | k_buf                 | (B, H, >=P+1, D)         | model dtype |
-| v_lo                  | (B, H, NV, D*b/8)        | uint8      |
-| v_hi                  | (B, H, NV, ceil(nb*h/8)) | uint8 (boost_values only) |
+| v_lo                  | (B, H, NV/64, 4, D*b/8, 16) | uint8, interleaved (fcboost.quant.layout) |
+| v_hi                  | (B, H, NV/64, 4, ceil(nb*h/8), 16) | uint8, interleaved (boost_values only) |
 | v_scale, v_zero       | (B, H, NV, G)            | float16    |
 | v_win                 | (B, H, >=W+1, D)         | model dtype |
 
@@ -45,6 +45,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from fcboost.quant.config import KVQuantConfig
+from fcboost.quant.layout import STEP, steps, to_tokens, write_tokens
 from fcboost.quant.mixed import (
     PackedKeys,
     dequantize_key_pages,
@@ -113,12 +114,12 @@ class QuantizedLayer(CacheLayerMixin):
                 if self.boost_idx is None:
                     self.k_idx = torch.zeros(B, H, 0, nb, dtype=torch.int16, device=dev)
             vb, G = c.value_bits, 2 if self._value_boost else 1
-            self.v_lo = torch.zeros(B, H, 0, D * vb // 8, **u8)
+            self.v_lo = torch.zeros(B, H, 0, 4, D * vb // 8, 16, **u8)
             self.v_scale = torch.zeros(B, H, 0, G, **f16)
             self.v_zero = torch.zeros(B, H, 0, G, **f16)
             if self._value_boost:
                 hb = _hi_storage(c.value_bits, c.boost_bits)
-                self.v_hi = torch.zeros(B, H, 0, -(-nb * hb // 8), **u8)
+                self.v_hi = torch.zeros(B, H, 0, 4, -(-nb * hb // 8), 16, **u8)
         self.n_real = [0] * B
         if self.n_pad is None:
             self.n_pad = [0] * B
@@ -322,8 +323,7 @@ class QuantizedLayer(CacheLayerMixin):
         if self._triton_flush(vals):
             from fcboost.kernels.quant_pack import pack_values_into
 
-            for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
-                setattr(self, name, _grow(getattr(self, name), 2, j0 + n, 64))
+            self._grow_values(j0 + n)
             src = vals.unsqueeze(0).expand(self.B, -1, -1, -1)  # (B, H, n, D), batch stride 0
             pack_values_into(self, src, [b], [0], [j0], [n], max_count=n)
             return
@@ -332,17 +332,23 @@ class QuantizedLayer(CacheLayerMixin):
             is_boost = is_boost.to(vals.device)
         nb = self.n_boost if is_boost is not None else 0
         pv = quantize_values(vals, c.value_bits, c.boost_bits, is_boost, nb)
-        for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
-            setattr(self, name, _grow(getattr(self, name), 2, j0 + n, 64))
-        self.v_lo[b, :, j0 : j0 + n] = pv.lo
+        self._grow_values(j0 + n)
+        write_tokens(self.v_lo[b], j0, pv.lo)
         self.v_scale[b, :, j0 : j0 + n] = pv.scale
         self.v_zero[b, :, j0 : j0 + n] = pv.zero
         if pv.hi is not None:
-            self.v_hi[b, :, j0 : j0 + n] = pv.hi
+            write_tokens(self.v_hi[b], j0, pv.hi)
         deq = dequantize_values(pv, self.D, c.value_bits, c.boost_bits, self._value_idx())
         c0 = self._col(b, c.n_sink + j0)
         if self.read_path == "reference":
             self.mirror_v[b, :, c0 : c0 + n] = deq.to(self.dtype)
+
+    def _grow_values(self, need: int) -> None:
+        """Value capacity for ``need`` tokens, in whole 64-token steps (scales token-major)."""
+        for name in ("v_lo", "v_hi"):
+            setattr(self, name, _grow(getattr(self, name), 2, steps(need)))
+        for name in ("v_scale", "v_zero"):
+            setattr(self, name, _grow(getattr(self, name), 2, steps(need) * STEP, STEP))
 
     def _value_idx(self) -> torch.Tensor | None:
         return self.boost_idx.long() if self._value_boost else None  # (H, nb)
@@ -383,8 +389,8 @@ class QuantizedLayer(CacheLayerMixin):
         ks.append(self.k_buf[b, :, : self.n_kbuf(b)].float())
         if nvq:
             pv = PackedValues(
-                self.v_lo[b, :, :nvq],
-                None if self.v_hi is None else self.v_hi[b, :, :nvq],
+                to_tokens(self.v_lo[b], nvq),
+                None if self.v_hi is None else to_tokens(self.v_hi[b], nvq),
                 self.v_scale[b, :, :nvq],
                 self.v_zero[b, :, :nvq],
             )
@@ -407,9 +413,12 @@ class QuantizedLayer(CacheLayerMixin):
             for t in (self.k_lo, self.k_hi, self.k_idx, self.k_scale, self.k_zero):
                 if t is not None:
                     total += npg * _entry_numel(t) * t.element_size()
-            for t in (self.v_lo, self.v_hi, self.v_scale, self.v_zero):
+            for t in (self.v_scale, self.v_zero):
                 if t is not None:
                     total += nvq * _entry_numel(t) * t.element_size()
+            for t in (self.v_lo, self.v_hi):  # an entry: a 64-token step
+                if t is not None:
+                    total += nvq * _entry_numel(t) // STEP * t.element_size()
         if self.boost_idx is not None:
             total += self.boost_idx.numel() * self.boost_idx.element_size()
         return total

@@ -25,11 +25,12 @@ Storage per layer (extra scratch entry at the end of the page / value axes):
 | k_hi             | (B, H, NP+1, P/4, nb) uint8   |
 | k_idx            | (B, H, NP+1, nb) int16 (Kitty)|
 | k_scale, k_zero  | (B, H, NP+1, D) fp16          |
-| v_lo             | (B, H, NV+1, D/4) uint8       |
-| v_hi             | (B, H, NV+1, ceil(nb/4)) uint8|
-| v_scale, v_zero  | (B, H, NV+1, G) fp16          |
+| v_lo             | (B, H, NVc/64, 4, D/4, 16) uint8, interleaved (fcboost.quant.layout) |
+| v_hi             | (B, H, NVc/64, 4, ceil(nb/4), 16) uint8, interleaved |
+| v_scale, v_zero  | (B, H, NVc, G) fp16           |
 
-with ``NP = max(0, (max_len - S - 1) // P)`` and ``NV = max(0, max_len - S - W)``. Prefill is
+with ``NP = max(0, (max_len - S - 1) // P)``, ``NV = max(0, max_len - S - W)`` and the value
+capacity ``NVc`` = NV + 1 rounded up to whole 64-token steps (the scratch token is ``NV``). Prefill is
 host-driven, one row at a time (:meth:`StaticQuantLayer.prefill_row`): the row's real tokens only
 (padding never enters the state), flushed by the same pack kernels.
 """
@@ -44,6 +45,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from fcboost.models import attention_shape, check_supported
 from fcboost.quant.config import KVQuantConfig
 from fcboost.quant.core import storage_bits
+from fcboost.quant.layout import STEP, steps
 
 # layer_idx -> the static layer last updated (the attention function gets the module, not the cache)
 # (weak references: a finished decoder's cache must be freeable before the next one is allocated)
@@ -59,7 +61,7 @@ def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_l
     """Per-row storage shapes ``name -> (shape without B, dtype or None for the model dtype)``."""
     S, P, W = cfg.n_sink, cfg.page_size, cfg.window
     NP = max(0, (max_len - S - 1) // P) + 1  # + scratch page
-    NV = max(0, max_len - S - W) + 1  # + scratch token
+    NV = steps(max(0, max_len - S - W) + 1) * STEP  # + scratch token, whole steps
     vboost = cfg.boost_values and n_boost > 0
     hb = storage_bits(cfg.boost_bits - cfg.key_bits)
     sh = {
@@ -70,7 +72,7 @@ def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_l
         "k_lo": ((H, NP, P * cfg.key_bits // 8, D), torch.uint8),
         "k_scale": ((H, NP, D), torch.float16),
         "k_zero": ((H, NP, D), torch.float16),
-        "v_lo": ((H, NV, D * cfg.value_bits // 8), torch.uint8),
+        "v_lo": ((H, NV // STEP, 4, D * cfg.value_bits // 8, 16), torch.uint8),
         "v_scale": ((H, NV, 2 if vboost else 1), torch.float16),
         "v_zero": ((H, NV, 2 if vboost else 1), torch.float16),
     }
@@ -80,7 +82,7 @@ def quant_storage_shapes(cfg: KVQuantConfig, n_boost: int, H: int, D: int, max_l
             sh["k_idx"] = ((H, NP, n_boost), torch.int16)
     if vboost:
         vhb = storage_bits(cfg.boost_bits - cfg.value_bits)
-        sh["v_hi"] = ((H, NV, -(-n_boost * vhb // 8)), torch.uint8)
+        sh["v_hi"] = ((H, NV // STEP, 4, -(-n_boost * vhb // 8), 16), torch.uint8)
     return sh
 
 
@@ -190,7 +192,7 @@ class StaticQuantLayer(_StaticBase):
             setattr(self, name, torch.zeros(B, *shape, dtype=dtype if dt is None else dt, device=self.device))
         i32 = dict(dtype=torch.int32, device=self.device)
         self.n_real, self.n_pages, self.n_vq = (torch.zeros(B, **i32) for _ in range(3))
-        self.NP, self.NV = self.k_lo.shape[2] - 1, self.v_lo.shape[2] - 1
+        self.NP, self.NV = self.k_lo.shape[2] - 1, max(0, max_len - cfg.n_sink - cfg.window)
         self._rows = torch.arange(B, **i32)
         self._ar = self._rows.long()
         self._zeros = torch.zeros(B, **i32)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fcboost.kernels.vlayout import vil_offset
+
 
 def _asm_raw(j: int) -> str:
     """PTX: 4 packed uint8 ($2) -> 4 fp16 *subnormals* ``(byte & (3 << 2j)) * 2^-24`` in $0 (elements
@@ -137,8 +139,8 @@ def _page_kernel(
     KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, nb) uint8
     KIDX, s_kib, s_kih, s_kip,  # (B, H, NP, nb) int16 (Kitty) or (H, nb) with zero b/p strides
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
-    VLO, s_vlb, s_vlh, s_vlt,  # (B, H, NV, D/4) uint8
-    VHI, s_vhb, s_vhh, s_vht,  # (B, H, NV, ceil(nb/4)) uint8
+    VLO, s_vlb, s_vlh, s_vls, s_vlj,  # (B, H, NV/64, 4, D/4, 16) uint8, interleaved (fcboost.quant.layout)
+    VHI, s_vhb, s_vhh, s_vhs, s_vhj,  # (B, H, NV/64, 4, ceil(nb/4), 16) uint8, interleaved
     VIDX,  # (H, nb) int16
     VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16
     NPAGES, NVQ,  # (B,) int32
@@ -264,13 +266,15 @@ def _page_kernel(
             else:
                 s_j = s_3
             t = tok0 + 4 * rr + j  # (R,) the sub-tile's tokens
-            vb = tl.load(v_lo + t[:, None] * s_vlt + cb[None, :])  # (R, D/4) uint8
+            vb = tl.load(v_lo + vil_offset(t[:, None], cb[None, :], s_vls, s_vlj))  # (R, D/4) uint8
             s0 = s0q[j]
             z0 = z0q[j]
             s1 = s1q[j]
             z1 = z1q[j]
             if VBOOST:
-                bhv = tl.load(v_hi + t[:, None] * s_vht + sq[None, :], mask=vhm, other=0)  # (R, NBQ)
+                bhv = tl.load(
+                    v_hi + vil_offset(t[:, None], sq[None, :], s_vhs, s_vhj), mask=vhm, other=0
+                )  # (R, NBQ)
             else:
                 bhv = vb
             a0, a1, a2, a3, b0, b1, b2, b3, accb, l_a, z0_a, z1_a = _pv(

@@ -1,6 +1,6 @@
-"""EXPERIMENT: the page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts):
-the KIVI-KV2* layout and static masks of 16 channels (keys, and values with the interleaved planes),
-2-bit codes, page size 128, head_dim 128, up to 8 query heads per KV head.
+"""The page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts), the
+default on CUDA for 2-bit codes, page size 128, head_dim 128, up to 8 query heads per KV head and no
+boost, a static mask of 16 channels (keys; values too) or Kitty's 16 channels per page.
 
 Why: Triton's ``tl.dot`` picks the MMA operand layouts itself. The Triton page kernel pads GQA 4 to the
 16 rows of an ``mma.m16n8k16`` (a quarter of every MMA, accumulator and softmax lane does real work) and
@@ -8,41 +8,32 @@ rebuilds the query operand around every MMA (about a fifth of its loop instructi
 ``experiments/decode_attention.md``). Here each program is **one warp** and every tensor lives in an
 MMA fragment layout: the **codes are the A operand** (16 tokens, or 16 value channel-bytes, per row
 block) and the **query heads the N = 8 columns** (GQA 4 pads to 8: half the MMAs, accumulator
-registers and softmax lanes), each thread loads exactly the bytes of its fragment (4 consecutive k per
-32-bit word with ``k_width=4``) and unpacks them in place (4 codes -> 2 half2 registers, the subnormal
-trick of ``attention_page._raw``), the probabilities go from the scores' accumulator layout to the B
-operand of ``O^T = V^T . P^T`` through one ``stmatrix``/``ldmatrix`` transpose, no cross-warp
-reductions exist, and the accumulators are rescaled only when a head's maximum grows.
+registers and softmax lanes), each thread reads exactly the bytes of its fragment (4 consecutive k per
+32-bit word with ``k_width=4``; the value planes' interleaved storage, :mod:`fcboost.quant.layout`,
+makes a thread's four tokens of a channel byte one word) and unpacks them in place (4 codes -> 2 half2
+registers, the subnormal trick of ``attention_page._raw``), the probabilities go from the scores'
+accumulator layout to the B operand of ``O^T = V^T . P^T`` through one ``stmatrix``/``ldmatrix``
+transpose, no cross-warp reductions exist, and the accumulators are rescaled only when a head's
+maximum grows.
+
+**Pipelined**: every 64-token step's bytes (key and value codes, scales, boosted high bits, and the
+boosted value rows gathered by the copy itself) go global -> shared memory with ``cp.async``
+``STAGES - 1`` steps ahead of the step being computed, so a one-warp program always has loads in
+flight (H200, 8 x 32K: KIVI 114 -> 80 us, static + values 183 -> 133 us against direct loads;
+``benchmarks/results/gluon_stages_s5_h200.json``).
 
 Writes the same partials ``(acc, m, l)`` as :func:`fcboost.kernels.attention_page._page_kernel` for
-the same split, so the rest and combine kernels are shared: ``decode_attention(..., page_impl="gluon")``.
-H200 (``benchmarks/results/gluon_probe_h200.json``), whole ``decode_attention``, register cap 168: for
-KIVI 1-15% faster than the Triton kernel with the cache's value layout (byte loads) and 6-24% with
-the value codes stored token-interleaved (``VIL2`` below; the cache does not store them so yet); for a
-static mask with boosted values (interleaved planes only) 24-63% faster.
+the same split, so the rest and combine kernels are shared (:func:`fcboost.kernels.decode_attention.decode_attention`).
 """
 
 from __future__ import annotations
 
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as _ac
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from fcboost.kernels.attention_page import _asm_raw  # the same PTX unpack as the Triton kernel
-
-
-def interleave_values(v_lo: torch.Tensor) -> torch.Tensor:
-    """(B, H, NV, C) value bytes (the cache's layout) -> the ``VIL2`` layout (B, H, NV/64, 4, C, 16): per
-    64-token step, plane j and channel byte c, the 16 tokens 64 step + 4m + j in order m, so the kernel
-    reads a thread's four tokens as one 32-bit word (NV is zero-padded to a multiple of 64)."""
-    B, H, NV, C = v_lo.shape
-    pad = (-NV) % 64
-    v = torch.nn.functional.pad(v_lo, (0, 0, 0, pad)) if pad else v_lo
-    v = v.view(B, H, (NV + pad) // 64, 16, 4, C)  # [step, m, j, c]
-    return v.permute(0, 1, 2, 4, 5, 3).contiguous()
-
 
 # Triton 3.6 (the H200 image) names these async_copy_global_to_shared / thread_barrier; later Triton
 # async_load / barrier
@@ -83,40 +74,6 @@ def _graw_m(x, m):
     return gl.inline_asm_elementwise(G_RAWM, "=r,=r,r,r", [x, m], dtype=gl.float16, is_pure=True, pack=4)
 
 
-G_PF: gl.constexpr = gl.constexpr(
-    "{ .reg .pred p;\nsetp.ne.s32 p, $2, 0;\n@p prefetch.global.L2 [$1];\nmov.b32 $0, 0; }"
-)
-
-
-@gluon.jit
-def _l2_prefetch(ptrs, on):
-    """``prefetch.global.L2`` of the 128-byte line at each lane's pointer where ``on`` != 0 (one
-    instruction per lane; nothing comes back to registers)."""
-    gl.inline_asm_elementwise(G_PF, "=r,l,r", [ptrs, on], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _prefetch_page(pg, ok, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base, vz_base, s_vst,
-                   kh_base, s_khp, vh_base, D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr,
-                   VBOOST: gl.constexpr):  # fmt: skip
-    """Bring page ``pg``'s bytes (codes, scales) into L2 if ``ok``: a one-warp program's next loads then
-    wait for L2 instead of HBM."""
-    P: gl.constexpr = 128
-    on = ok.to(gl.int32) + 0 * lane
-    _l2_prefetch(k_base + pg * s_klp + lane * 128, on)  # P/4 x D = 4 KB: a line per lane
-    _l2_prefetch(v_base + pg * (2 * 4 * (D // 4) * 16) + lane * 128, on)  # two 64-token steps: 4 KB
-    fl = on * (lane < 2).to(gl.int32)  # D fp16 = 2 lines
-    _l2_prefetch(KSC + ks_base + pg * s_ksp + lane * 64, fl)
-    _l2_prefetch(KZR + ks_base + pg * s_ksp + lane * 64, fl)
-    vl = on * (lane < 2 * G).to(gl.int32)  # P x G fp16
-    _l2_prefetch(vs_base + pg * P * s_vst + lane * 64, vl)
-    _l2_prefetch(vz_base + pg * P * s_vst + lane * 64, vl)
-    if KBOOST:
-        _l2_prefetch(kh_base + pg * s_khp + lane * 128, on * (lane < 4).to(gl.int32))  # P/4 x 16
-    if VBOOST:
-        _l2_prefetch(vh_base + pg * (2 * 4 * 4 * 16) + lane * 128, on * (lane < 4).to(gl.int32))
-
-
 @gluon.jit
 def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
     """Column ``c`` of a (16, 4 GS) tile whose lanes hold whole rows, as fp32 in ``layout`` (split in
@@ -138,14 +95,15 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 
 @gluon.jit
 def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
-                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, BIDX, bidx_off,
+                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx,
                 D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
                 STAGES: gl.constexpr):  # fmt: skip
-    """cp.async of 64-token step ``gs`` (page gs // 2, byte rows 16 (gs % 2) ...) into stage
-    ``gs % STAGES``: key bytes (16, D), value bytes (4 planes x D/4 channel bytes, 16), the page's key
-    scales/zeros (D,), the step's value scales/zeros as (16, 4 G) ([m, j G + g] = token 4m + j,
-    group g); boosted: key high bits (16, 16), and per plane j the 16 boosted slots' rows of the low
-    (gathered by the slot map) and high value planes (4, 16, 16). ``ok`` false: zero-filled."""
+    """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
+    ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
+    the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
+    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosts the key high bits (16, 16) and, per
+    j, the 16 boosted slots' rows of the low (gathered through the slot map ``sidx``) and high value
+    planes (64 = 16 j + slot, 16). ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -154,7 +112,7 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_ba
     kc = gl.arange(0, D, layout=gl.SliceLayout(0, l16))
     _cp_async(k_s.index(slot), k_base + pg * s_klp + (r0 + kr)[:, None] * s_klr + kc[None, :], mask=ok)
     lv: gl.constexpr = gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0])
-    vr = gl.arange(0, D, layout=gl.SliceLayout(1, lv))  # 4 planes x D/4 channel bytes
+    vr = gl.arange(0, D, layout=gl.SliceLayout(1, lv))  # 4 j x D/4 channel bytes
     vm = gl.arange(0, 16, layout=gl.SliceLayout(0, lv))
     _cp_async(v_s.index(slot), v_base + gs * (D * 16) + vr[:, None] * 16 + vm[None, :], mask=ok)
     ls: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
@@ -175,10 +133,10 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_ba
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
         gsl = gr % 16
-        ch = gl.load(BIDX + bidx_off + gsl).to(gl.int32)  # slot -> channel
-        row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in plane j
+        ch = gl.load(sidx + gsl).to(gl.int32)  # slot -> channel
+        row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in block j
         _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
-        hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of plane j
+        hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of block j
         _cp_async(vh_s.index(slot), vh_base + gs * 256 + hrow[:, None] * 16 + vm[None, :], mask=ok)
     _ac.commit_group()
 
@@ -188,37 +146,37 @@ def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
-    VIL, s_vlb, s_vlh, s_vlt,  # value codes: (B, H, NV, D/4) uint8, or re-laid out (NATIVE=False, below)
-    VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16 (G = 2 with VBOOST: group 1 = boosted)
+    VLO, s_vlb, s_vlh,  # (B, H, NV/64, 4, D/4, 16) uint8, interleaved (fcboost.quant.layout)
+    VSC, VZR, s_vsb, s_vsh,  # (B, H, NV, G) float16, G = 2 with VBOOST (group 1: the boosted channels)
     KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, 16) uint8 boosted keys' high bits (KBOOST)
-    VHI, s_vhb, s_vhh,  # boosted values' high bits, interleaved like VIL: (B, H, NV/64, 4, 4, 16) (VBOOST)
-    BIDX,  # (H, 16) int16 a static mask's channels, ascending (slot s = channel BIDX[h, s])
+    KIDX, s_kib, s_kih, s_kip,  # boosted channels, ascending: Kitty's (B, H, NP, 16) or a static mask's (H, 16)
+    VHI, s_vhb, s_vhh,  # (B, H, NV/64, 4, 4, 16) boosted values' high bits, interleaved (VBOOST)
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
-    GQ: gl.constexpr, D: gl.constexpr, NATIVE: gl.constexpr = False,
-    KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False, PF: gl.constexpr = 0,
-    STAGES: gl.constexpr = 0,
+    GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
+    STAGES: gl.constexpr = 2,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
-    and the query heads its N = 8 columns (GQA 4 pads to 8, not 16): half the MMAs, accumulators and
-    softmax lanes of the Triton page kernel. S^T = K . (q s)^T per plane of 16 byte rows; P^T
-    feeds O^T = V^T . P^T after a register transpose (``convert_layout``). ``NATIVE``: the cache's
-    value layout (a thread's four k are four tokens: byte loads); else values laid out
-    ``VIL2[b, h, step, j, c, m]`` = byte c of token 64 step + 4m + j (a step: 64 tokens), so a thread's
-    four k (tokens) are one 32-bit word.
+    and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
+    code plane j of row r is token 4 r + j): S^T = K . (q s)^T per plane, P^T feeds O^T = V^T . P^T
+    after a register transpose (``convert_layout``); the value block j (D/4 channel bytes x the 16
+    tokens 4 m + j) comes from the interleaved storage as it is.
 
-    Static masks (16 boosted channels): ``KBOOST`` adds one K = 16 MMA per key block (the high bits
-    times the boosted channels' ``4 q s``); ``VBOOST`` (interleaved values only) adds, per value block,
-    two 16-row A tiles: the boosted channels' low bits (rows gathered from the plane bytes, a mask per
-    row) and their high bits, both against ``P^T`` weighted by the group-1 scales."""
+    Boosts (16 channels): ``KBOOST`` adds one K = 16 MMA per key block (the high bits times the boosted
+    channels' ``4 q s``; the channels per page from ``KIDX``: Kitty's, or a static mask's with page
+    stride 0); ``VBOOST`` (static masks) adds, per value block, two 16-row A tiles: the boosted
+    channels' low bits (rows gathered by the copy, a plane mask per row) and their high bits, both
+    against ``P^T`` weighted by the group-1 scales."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
+    GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
     lb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
     rows_l: gl.constexpr = gl.SliceLayout(1, mma)
     cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+    lrow: gl.constexpr = gl.BlockedLayout([1, 4 * GS], [8, 4], [1, 1], [1, 0])  # lanes hold whole rows
     bh = gl.program_id(0)
     split = gl.program_id(1)
     b = (bh // H).to(gl.int64)
@@ -232,35 +190,28 @@ def _page_kernel_gluon(
     qg = gl.arange(0, 8, layout=gl.SliceLayout(0, lb4))
     q_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + qc[:, None]
     qmask = (qg < GQ)[None, :]
-    # key bytes of 16 byte rows: A operand (16 rows x D channels)
-    km = gl.arange(0, 16, layout=gl.SliceLayout(1, la4))
-    kc = gl.arange(0, D, layout=gl.SliceLayout(0, la4))
-    # value bytes of one plane j of a step: A operand (D/4 channel bytes x 16 tokens)
-    vc = gl.arange(0, D // 4, layout=gl.SliceLayout(1, la4))
-    vm = gl.arange(0, 16, layout=gl.SliceLayout(0, la4))
-    v_off = vc[:, None] * 16 + vm[None, :]
-    tm = gl.arange(0, 16, layout=rows_l)
     k_base = KLO + b * s_klb + h * s_klh
     ks_base = b * s_ksb + h * s_ksh
-    v_base = VIL + b * s_vlb + h * s_vlh
+    v_base = VLO + b * s_vlb + h * s_vlh
     vs_base = VSC + b * s_vsb + h * s_vsh
     vz_base = VZR + b * s_vsb + h * s_vsh
+    sidx = KIDX + b * s_kib + h * s_kih  # + page * s_kip: the page's slot -> channel map
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
         hs = gl.arange(0, NB, layout=gl.SliceLayout(1, lb4))
-        hch = gl.load(BIDX + h * NB + hs).to(gl.int32)
-        qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + hch[:, None]
-        khm = gl.arange(0, 16, layout=gl.SliceLayout(1, la4))
-        khs = gl.arange(0, NB, layout=gl.SliceLayout(0, la4))
+        qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
-        qfh = gl.load(qh_ptr, mask=qmask, other=0.0).to(gl.float32) * (4.0 * qk_scale)
+    else:
+        kh_base = k_base
     if VBOOST:  # A tiles with the 16 slots as rows; each row's plane from its own mask
         vr = gl.arange(0, NB, layout=gl.SliceLayout(1, la4))
-        hi_off = (vr // 4)[:, None] * 16 + vm[None, :]  # slot s: hi byte s // 4, bits 2 (s % 4)
-        hi_msk = ((3 << (2 * (vr % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
+        vm = gl.arange(0, 16, layout=gl.SliceLayout(0, la4))
+        hi_msk = ((3 << (2 * (vr % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)  # slot s: bits 2 (s % 4)
         vh_base = VHI + b * s_vhb + h * s_vhh
         ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
         ob_hi = gl.zeros([NB, 8], gl.float32, layout=mma)
         z1_acc = gl.zeros([16, 8], gl.float32, layout=mma)
+    else:
+        vh_base = v_base
     m_i = gl.full([8], float("-inf"), gl.float32, layout=cols_l)
     acc0 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
     acc1 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
@@ -270,105 +221,63 @@ def _page_kernel_gluon(
     z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
     zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
     U: gl.constexpr = 16777216.0
-    if PF > 0:  # L2 prefetch PF pages ahead (interleaved values only)
-        lane = gl.arange(0, 32, layout=gl.BlockedLayout([1], [32], [1], [0]))
-        if VBOOST:
-            vh_pf = VHI + b * s_vhb + h * s_vhh
-        else:
-            vh_pf = v_base
-        if KBOOST:
-            kh_pf = KHI + b * s_khb + h * s_khh
-        else:
-            kh_pf = k_base
-        for d in gl.static_range(1, PF):
-            _prefetch_page(i0 + d, i0 + d < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
-                           vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
-    GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
-    if STAGES > 0:  # cp.async pipeline over 64-token steps (interleaved values only), see _issue_step
-        if KBOOST:
-            kh_s_base = KHI + b * s_khb + h * s_khh
-        else:
-            kh_s_base = k_base
-        if VBOOST:
-            vh_s_base = VHI + b * s_vhb + h * s_vhh
-        else:
-            vh_s_base = v_base
-        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-        k_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, D], gl.SwizzledSharedLayout(16, 1, 8, [1, 0]))
-        v_s = gl.allocate_shared_memory(gl.uint8, [STAGES, D, 16], flat)
-        ks_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
-        kz_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
-        vs_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
-        vz_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
-        if KBOOST:
-            kh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, 16], flat)
-        else:  # (unused: a stand-in argument)
-            kh_s = k_s
-        if VBOOST:
-            vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
-            vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
-        else:
-            vl_s = v_s
-            vh_s = v_s
-        lrow: gl.constexpr = gl.BlockedLayout([1, 4 * GS], [8, 4], [1, 1], [1, 0])
-        for d in gl.static_range(STAGES - 1):
-            _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base,
-                        s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_s_base, s_khp, s_khr,
-                        vh_s_base, BIDX, h * NB, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+    # shared memory: STAGES 64-token steps in flight (see _issue_step)
+    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    k_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, D], gl.SwizzledSharedLayout(16, 1, 8, [1, 0]))
+    v_s = gl.allocate_shared_memory(gl.uint8, [STAGES, D, 16], flat)
+    ks_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
+    kz_s = gl.allocate_shared_memory(gl.float16, [STAGES, D], flat1)
+    vs_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
+    vz_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
+    if KBOOST:
+        kh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, 16], flat)
+    else:  # (unused stand-ins)
+        kh_s = k_s
+    if VBOOST:
+        vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
+        vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
+    else:
+        vl_s = v_s
+        vh_s = v_s
+    for d in gl.static_range(STAGES - 1):
+        _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base,
+                    s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr,
+                    vh_base, sidx, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
     for pg in range(i0, i1):
-        if PF > 0:
-            _prefetch_page(pg + PF, pg + PF < i1, lane, k_base, s_klp, ks_base, s_ksp, KSC, KZR, v_base, vs_base,
-                           vz_base, s_vst, kh_pf, s_khp, vh_pf, D, 2 if VBOOST else 1, KBOOST, VBOOST)  # fmt: skip
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
-        if STAGES == 0:
-            sc = gl.load(KSC + ks_base + pg * s_ksp + qc).to(gl.float32)
-            zr = gl.load(KZR + ks_base + pg * s_ksp + qc).to(gl.float32)
-            qs = (qf * sc[:, None]).to(gl.float16)
-            bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
-        if VBOOST:  # the boosted channels' rows in the value plane blocks (re-read per page, as below)
-            vch = gl.load(BIDX + h * NB + vr + 0 * pg).to(gl.int32)
-            lo_off = (vch // 4)[:, None] * 16 + vm[None, :]  # the channel's byte row in a plane block
+        if VBOOST:  # the boosted channels' plane masks (re-read per page, as below)
+            vch = gl.load(sidx + vr + 0 * pg).to(gl.int32)
             lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
         if KBOOST:
             # the slot -> channel map re-read per page: held across the loop it made the compiler
             # keep about 100 more registers (sm_90 compile: 248 vs 134)
-            hch = gl.load(BIDX + h * NB + hs + 0 * pg).to(gl.int32)
+            hch = gl.load(sidx + pg * s_kip + hs).to(gl.int32)
             sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
-            qh = (qfh * sch[:, None]).to(gl.float16)
+            qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32)
+            qh = (qfh * sch[:, None] * (4.0 * qk_scale)).to(gl.float16)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
-            if STAGES > 0:
-                g = 2 * pg + st
-                _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
-                _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
-                _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s,
-                            vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
-                            kh_s_base, s_khp, s_khr, vh_s_base, BIDX, h * NB, D, GS, KBOOST, VBOOST,
-                            STAGES)  # fmt: skip
-                slot = g % STAGES
-                if st == 0:
-                    sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
-                    zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
-                    qs = (qf * sc[:, None]).to(gl.float16)
-                    bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
-                kb = k_s.index(slot).load(la4)  # (16, D) uint8
-                vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS): each lane holds its rows whole
-                vz_t = vz_s.index(slot).load(lrow)
-            else:
-                kb = gl.load(
-                    k_base + pg * s_klp + (16 * st + km)[:, None] * s_klr + kc[None, :]
-                )  # (16, D) uint8
+            g = 2 * pg + st
+            _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
+            _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
+            _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s,
+                        vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base,
+                        s_khp, s_khr, vh_base, sidx, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+            slot = g % STAGES
+            if st == 0:
+                sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
+                zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
+                qs = (qf * sc[:, None]).to(gl.float16)
+                bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+            kb = k_s.index(slot).load(la4)  # (16, D) uint8
+            vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
+            vz_t = vz_s.index(slot).load(lrow)
             s0 = mma_v2(_graw(kb, 0), qs, zero8)
             s1 = mma_v2(_graw(kb, 1), qs, zero8)
             s2 = mma_v2(_graw(kb, 2), qs, zero8)
             s3 = mma_v2(_graw(kb, 3), qs, zero8)
             if KBOOST:
-                if STAGES > 0:
-                    khb = kh_s.index(slot).load(la4)
-                else:
-                    khb = gl.load(
-                        kh_base + pg * s_khp + (16 * st + khm)[:, None] * s_khr + khs[None, :]
-                    )  # (16, 16)
+                khb = kh_s.index(slot).load(la4)  # (16, 16)
                 s0 = mma_v2(_graw(khb, 0), qh, s0)
                 s1 = mma_v2(_graw(khb, 1), qh, s1)
                 s2 = mma_v2(_graw(khb, 2), qh, s2)
@@ -391,8 +300,6 @@ def _page_kernel_gluon(
                     ob_hi *= alpha[None, :]
                     z1_acc *= alpha[None, :]
                 m_i = m_new
-            tok = pg * P + 4 * (16 * st + tm)  # (16,) tokens of plane 0
-            blk = v_base + (2 * pg + st) * (4 * (D // 4) * 16)
             for j in gl.static_range(4):
                 if j == 0:
                     sj = s0
@@ -403,41 +310,26 @@ def _page_kernel_gluon(
                 else:
                     sj = s3
                 pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
-                if STAGES > 0:
-                    vsj = _col(vs_t, j * GS, GS, rows_l)
-                    vzj = _col(vz_t, j * GS, GS, rows_l)
-                else:
-                    vsj = gl.load(vs_base + (tok + j) * s_vst).to(gl.float32)
-                    vzj = gl.load(vz_base + (tok + j) * s_vst).to(gl.float32)
+                vsj = _col(vs_t, j * GS, GS, rows_l)
+                vzj = _col(vz_t, j * GS, GS, rows_l)
                 l_acc += pj
                 z_acc += pj * vzj[:, None]
                 pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
-                if STAGES > 0:
-                    va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)
-                elif NATIVE:
-                    vt = gl.convert_layout(tok, gl.SliceLayout(0, la4)) + j
-                    va = gl.load(v_base + vt[None, :] * s_vlt + vc[:, None])
-                else:
-                    va = gl.load(blk + j * ((D // 4) * 16) + v_off)  # (D/4 channel bytes, 16 tokens) uint8
+                va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)  # (D/4 channel bytes, 16 tokens)
                 acc0 = mma_v2(_graw(va, 0), pb, acc0)
                 acc1 = mma_v2(_graw(va, 1), pb, acc1)
                 acc2 = mma_v2(_graw(va, 2), pb, acc2)
                 acc3 = mma_v2(_graw(va, 3), pb, acc3)
                 if VBOOST:
-                    if STAGES > 0:
-                        vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
-                        vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
-                        vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
-                        vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)
-                    else:
-                        vs1 = gl.load(vs_base + (tok + j) * s_vst + 1).to(gl.float32)
-                        vz1 = gl.load(vz_base + (tok + j) * s_vst + 1).to(gl.float32)
-                        vlb = gl.load(blk + j * ((D // 4) * 16) + lo_off)  # (16 slots, 16 tokens)
-                        vhb = gl.load(vh_base + (2 * pg + st) * (4 * 4 * 16) + j * (4 * 16) + hi_off)
+                    vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
+                    vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
+                    vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
+                    vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)
                     z1_acc += pj * vz1[:, None]
                     pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
                     ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
+    _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)
     o_base = (bh * NSLOT + split) * GQ
@@ -450,7 +342,7 @@ def _page_kernel_gluon(
         # cost about 80 registers in the sm_90 compile)
         after = (gl.max(l_i, axis=0) * 0).to(gl.int32)
         es = gl.arange(0, NB, layout=cols_l)
-        ech = gl.load(BIDX + h * NB + es + after).to(gl.int32)  # (16,) along columns
+        ech = gl.load(sidx + es + after).to(gl.int32)  # (16,) along columns
         e4 = 4 * oc[:, None]
         nb0 = gl.max((ech[None, :] == e4).to(gl.int32), axis=1) == 0
         nb1 = gl.max((ech[None, :] == e4 + 1).to(gl.int32), axis=1) == 0
@@ -462,7 +354,7 @@ def _page_kernel_gluon(
         gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk & nb3[:, None])
         zs1 = gl.sum(z1_acc, axis=0)
         bs = gl.arange(0, NB, layout=rows_l)
-        bch = gl.load(BIDX + h * NB + bs + after).to(gl.int32)
+        bch = gl.load(sidx + bs + after).to(gl.int32)
         f_lo = U / (1 << (2 * (bch % 4))).to(gl.float32)  # row s: code * 4^(channel % 4) * 2^-24
         f_hi = 4.0 * U / (1 << (2 * (bs % 4))).to(gl.float32)  # high bits weigh 4
         ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + zs1[None, :]

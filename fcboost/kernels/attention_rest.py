@@ -6,6 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fcboost.kernels.vlayout import vil_offset
+
 
 @triton.jit
 def _rest_kernel(
@@ -17,8 +19,8 @@ def _rest_kernel(
     KHI, s_khb, s_khh, s_khp, s_khr,  # (B, H, NP, P/4, nb) uint8
     KIDX, s_kib, s_kih, s_kip,  # (B, H, NP, nb) int16 (Kitty) or (H, nb) with zero b/p strides
     KSC, KZR, s_ksb, s_ksh, s_ksp,  # (B, H, NP, D) float16
-    VLO, s_vlb, s_vlh, s_vlt,  # (B, H, NV, D/4) uint8
-    VHI, s_vhb, s_vhh, s_vht,  # (B, H, NV, ceil(nb/4)) uint8
+    VLO, s_vlb, s_vlh, s_vls, s_vlj,  # (B, H, NV/64, 4, D/4, 16) uint8, interleaved (fcboost.quant.layout)
+    VHI, s_vhb, s_vhh, s_vhs, s_vhj,  # (B, H, NV/64, 4, ceil(nb/4), 16) uint8, interleaved
     VIDX,  # (H, nb) int16
     VSC, VZR, s_vsb, s_vsh, s_vst,  # (B, H, NV, G) float16
     KN, VN, s_nb, s_nh,  # (B, H, D) the new token's key / value (HAS_NEW)
@@ -147,9 +149,11 @@ def _rest_kernel(
                 VN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
             )
             vf += vn.to(tl.float32)
-        vrow = VLO + b * s_vlb + h * s_vlh + rel[:, None] * s_vlt
+        vrow = VLO + b * s_vlb + h * s_vlh
         vcode = (
-            tl.load(vrow + (d // 4)[None, :], mask=in_vq[:, None], other=0).to(tl.int32)
+            tl.load(
+                vrow + vil_offset(rel[:, None], (d // 4)[None, :], s_vls, s_vlj), mask=in_vq[:, None], other=0
+            ).to(tl.int32)
             >> (2 * (d % 4))[None, :]
         ) & 3
         vs_ptr = VSC + b * s_vsb + h * s_vsh + rel * s_vst
@@ -158,7 +162,7 @@ def _rest_kernel(
         vz0 = tl.load(vz_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
         if VBOOST:
             vh = tl.load(
-                VHI + b * s_vhb + h * s_vhh + rel[:, None] * s_vht + (v_slot // 4)[None, :],
+                VHI + b * s_vhb + h * s_vhh + vil_offset(rel[:, None], (v_slot // 4)[None, :], s_vhs, s_vhj),
                 mask=in_vq[:, None] & v_isb[None, :],
                 other=0,
             ).to(tl.int32)

@@ -109,7 +109,7 @@ def decode_attention(
     overlap: bool = True,
     rest_programs: int | None = None,
     rest_warps: int | None = None,
-    page_impl: str = "triton",
+    page_impl: str = "auto",
     _gluon: dict | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
@@ -125,18 +125,16 @@ def decode_attention(
     beside the page kernel. ``rest_programs``: rest programs per (row, KV head), each striding over
     the rest tiles (default: :func:`n_rest`); ``rest_warps``: their warps (default 4). Defaults
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
-    ``tune_rest_h200.json``). ``page_impl="gluon"``: EXPERIMENT, the page tiles in
-    :mod:`fcboost.kernels.attention_page_gluon` (one-warp programs with explicit MMA fragment
-    layouts, codes as the A operand; KIVI layout and static masks of 16 channels, page size 128,
-    head_dim 128; CUDA only); ``_gluon``:
-    its experiment knobs: ``vil2`` / ``vhil``, the value codes' low / high planes re-laid out
-    token-interleaved (:func:`fcboost.kernels.attention_page_gluon.interleave_values`; the cache does not
-    store that layout; a static mask's boosted values need both), ``maxnreg`` (default 168, 0: none),
-    ``pf``: L2 prefetch of the page ``pf`` pages ahead (default 0: none), ``stages``: a cp.async
-    pipeline of that many 64-token steps through shared memory (default 0: direct loads; needs ``vil2``).
+    ``tune_rest_h200.json``). ``page_impl``: which kernel runs the page tiles: ``"gluon"``
+    (:mod:`fcboost.kernels.attention_page_gluon`: one-warp programs with explicit MMA fragment
+    layouts and a cp.async pipeline; 2-bit codes, page size 128, head_dim 128, up to 8 query heads per
+    KV head, no boost or 16 boosted channels; CUDA, sm_80+), ``"triton"`` (every configuration; the
+    interpreter too) or ``"auto"`` (default: Gluon where it serves the call, see
+    :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
+    flight, default 2) and ``maxnreg`` (default 168, 0: none).
     """
-    if page_impl not in ("triton", "gluon"):
-        raise ValueError(f"page_impl={page_impl!r}: expected 'triton' or 'gluon'")
+    if page_impl not in ("auto", "triton", "gluon"):
+        raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
     st.check()
     B, Hq, D = q.shape
     H = st.sink_k.shape[1]
@@ -179,52 +177,17 @@ def decode_attention(
     n_tiles = max_tiles * 64 // BN if paged else 0
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
-    gluon = page_impl == "gluon"
     gk = dict(_gluon or {})
-    if gluon and (
-        st.k_idx is not None
-        or (kboost and st.n_boost != 16)
-        or (vboost and ("vil2" not in gk or "vhil" not in gk))
-        or P != 128
-        or tile_rows != 32
-        or D != 128
-        or GQ > 8
-        or q.device.type != "cuda"
-    ):
-        raise ValueError(
-            "page_impl='gluon' serves the KIVI layout and static masks of 16 channels (boosted values only "
-            "with the interleaved value planes: _gluon vil2 and vhil), page size 128, head_dim 128, up to 8 "
-            "query heads per KV head, on CUDA"
-        )
+    if set(gk) - {"stages", "maxnreg"}:
+        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg'")
+    why_not = gluon_unsupported(q, st, tile_rows)
+    if page_impl == "gluon" and why_not:
+        raise ValueError(f"page_impl='gluon' cannot serve this call: {why_not}")
+    gluon = page_impl == "gluon" or (page_impl == "auto" and not why_not)
+    if gluon and gk.get("stages", 2) < 2:
+        raise ValueError(f"_gluon stages={gk['stages']}: expected >= 2")
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
-    if set(gk) - {"vil2", "vhil", "maxnreg", "pf", "stages"} or (gk and not gluon):
-        raise ValueError(
-            f"_gluon={sorted(gk)}: only vil2 / vhil / maxnreg / pf / stages, and only with page_impl='gluon'"
-        )
-    if gk.get("stages", 0):
-        G = st.v_scale.shape[-1]
-        if (
-            gk["stages"] < 2
-            or gk.get("vil2") is None
-            or st.v_scale.stride()[2:] != (G, 1)
-            or any(x % 8 for x in st.v_scale.stride()[:2])
-        ):
-            raise ValueError(
-                f"_gluon stages={gk['stages']}: expected >= 2, with the interleaved value planes (vil2) and "
-                f"value scales (B, H, NV, G) contiguous per row and head, 16-byte aligned (NV a multiple of 8); "
-                f"got v_scale strides {st.v_scale.stride()}"
-            )
-    for key, plane in (("vil2", st.v_lo), ("vhil", st.v_hi)):
-        if gk.get(key) is not None:
-            if plane is None:
-                raise ValueError(f"_gluon[{key!r}]: the state has no such plane (no boosted values)")
-            want = (*plane.shape[:2], -(-plane.shape[2] // 64), 4, plane.shape[3], 16)
-            if tuple(gk[key].shape) != want or gk[key].dtype != torch.uint8:
-                raise ValueError(
-                    f"_gluon[{key!r}] {tuple(gk[key].shape)} {gk[key].dtype}: expected interleave_values() "
-                    f"of the state's plane, uint8 {want}"
-                )
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
@@ -251,7 +214,7 @@ def decode_attention(
     khi = st.k_hi if kboost else st.k_lo
     khs = st.k_hi.stride()[:4] if kboost else (0, 0, 0, 0)
     vhi = st.v_hi if vboost else st.v_lo
-    vhs = st.v_hi.stride()[:3] if vboost else (0, 0, 0)
+    vhs = st.v_hi.stride()[:4] if vboost else (0, 0, 0, 0)
     vidx = st.boost_idx.contiguous() if vboost else st.v_lo
     asm = (q.device.type == "cuda") if use_asm is None else use_asm
     BM = max(16, triton.next_power_of_2(GQ))
@@ -260,7 +223,7 @@ def decode_attention(
         khi, *khs,
         kidx, *kis,
         st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-        st.v_lo, *st.v_lo.stride()[:3],
+        st.v_lo, *st.v_lo.stride()[:4],
         vhi, *vhs,
         vidx,
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
@@ -292,30 +255,32 @@ def decode_attention(
         with torch.cuda.stream(side):
             launch_rest()
     if ns and gluon:
-        try:
-            from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
-        except ImportError as e:  # a Triton without Gluon (it ships from 3.5 on)
-            raise RuntimeError(
-                f"page_impl='gluon' needs Triton with Gluon; triton {triton.__version__}: {e}"
-            ) from e
+        from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
-        vil2 = gk.get("vil2")
-        vl = st.v_lo if vil2 is None else vil2
-        vh = gk.get("vhil", st.v_lo)
+        kidx = st.k_idx if st.k_idx is not None else st.boost_idx if st.boost_idx is not None else st.k_lo
+        kis = (
+            st.k_idx.stride()[:3]
+            if st.k_idx is not None
+            else (0, st.boost_idx.stride(0), 0)
+            if st.boost_idx is not None
+            else (0, 0, 0)
+        )
+        vh = st.v_hi if vboost else st.v_lo
+        reg = gk.get("maxnreg", 168)  # H200: the 168-register cap is best or equal for every variant
         _page_kernel_gluon[(B * H, ns)](
             q, q.stride(0), q.stride(1),
             st.k_lo, *st.k_lo.stride()[:4],
             st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-            vl, vl.stride(0), vl.stride(1), st.v_lo.stride(2),
-            st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
+            st.v_lo, *st.v_lo.stride()[:2],
+            st.v_scale, st.v_zero, *st.v_scale.stride()[:2],
             khi, *khs,
-            vh, vh.stride(0), vh.stride(1),
-            st.boost_idx if st.boost_idx is not None else st.k_lo,
+            kidx, *kis,
+            vh, *vh.stride()[:2],
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, NATIVE=vil2 is None, KBOOST=kboost, VBOOST=vboost, PF=gk.get("pf", 0), STAGES=gk.get("stages", 0), num_warps=1,
-            **({"maxnreg": gk.get("maxnreg", 168)} if gk.get("maxnreg", 168) else {}),  # H200: 168 best
+            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), num_warps=1,
+            **({"maxnreg": reg} if reg else {}),
         )  # fmt: skip
     elif ns:
         _page_kernel[(B * H, ns)](
@@ -335,6 +300,43 @@ def decode_attention(
         o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D
     )
     return out
+
+
+def gluon_unsupported(q: torch.Tensor, st: PackedKVState, tile_rows: int | None = None) -> str | None:
+    """Why the Gluon page kernel cannot serve this call (None: it can)."""
+    c, (_, H, _, D) = st.cfg, st.sink_k.shape
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) < (8, 0):
+        return f"needs a CUDA device of compute capability 8.0+ (cp.async, mma.sync); got {q.device}"
+    try:
+        from triton.experimental import gluon  # noqa: F401
+    except ImportError:
+        return f"needs Triton with Gluon (3.5+); got triton {triton.__version__}"
+    if c.page_size != 128 or D != 128 or tile_rows not in (None, 32):
+        return f"serves page size 128, head_dim 128 and 32-row tiles; got {c.page_size}, {D}, {tile_rows}"
+    if q.shape[1] // H > 8:
+        return f"serves up to 8 query heads per KV head; got {q.shape[1] // H}"
+    if st.k_hi is not None and st.n_boost != 16:
+        return f"serves 0 or 16 boosted channels; got {st.n_boost}"
+    if st.v_hi is not None and st.v_hi.shape[4] != 4:
+        return f"boosted values need 4 high-bit bytes per token; got {st.v_hi.shape[4]}"
+    G = st.v_scale.shape[-1]
+    fp16_strides = [*st.v_scale.stride()[:2], *st.k_scale.stride()[:3]]
+    byte_strides = [*st.k_lo.stride()[:4], *st.v_lo.stride()[:2]]
+    if st.k_hi is not None:
+        byte_strides += st.k_hi.stride()[:4]
+    if st.v_hi is not None:
+        byte_strides += st.v_hi.stride()[:2]
+    tensors = [st.k_lo, st.v_lo, st.k_scale, st.k_zero, st.v_scale, st.v_zero, st.k_hi, st.v_hi]
+    if (
+        st.v_scale.stride()[2:] != (G, 1)
+        or st.k_scale.stride(-1) != 1
+        or st.k_lo.stride(-1) != 1
+        or any(x % 8 for x in fp16_strides)
+        or any(x % 16 for x in byte_strides)
+        or any(t is not None and t.data_ptr() % 16 for t in tensors)
+    ):
+        return "needs 16-byte aligned storage with contiguous rows (cp.async)"
+    return None
 
 
 _SM: dict = {}

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fcboost.kernels.vlayout import vil_offset
 from fcboost.quant.core import storage_bits
 
 
@@ -136,8 +137,8 @@ def _pack_key_page_kernel(
 def _pack_values_kernel(
     src, s_sb, s_sh, s_st,  # (B, H, T, D) 16-bit values
     rows, src_tok, dst_tok, count,  # (R,) int32 entries: tokens src_tok.. -> dst_tok.. (count)
-    lo, s_lb, s_lh, s_lt,  # (B, H, NV, D*b/8) uint8
-    hi, s_hb, s_hh, s_ht,  # (B, H, NV, ceil(nb*h/8)) uint8
+    lo, s_lb, s_lh, s_ls, s_lj,  # (B, H, NV/64, 4, D*b/8, 16) uint8, interleaved (fcboost.quant.layout)
+    hi, s_hb, s_hh, s_hs, s_hj,  # (B, H, NV/64, 4, ceil(nb*h/8), 16) uint8, interleaved
     idx,  # (H, nb) int16 static boost channels, ascending (slot s holds channel idx[h, s])
     scale, zero, s_qb, s_qh, s_qt,  # (B, H, NV, G) float16
     D: tl.constexpr, BITS: tl.constexpr, BOOST_BITS: tl.constexpr, HBITS: tl.constexpr, NB: tl.constexpr,
@@ -190,7 +191,7 @@ def _pack_values_kernel(
         hsh = (tl.arange(0, HPER) * HBITS)[None, None, :]
         hb = tl.sum(tl.reshape(cbh, (BT, NB_PAD // HPER, HPER)) << hsh, axis=2)  # (BT, NB_PAD/HPER)
         k = tl.arange(0, NB_PAD // HPER)
-        h_ptr = hi + b * s_hb + h * s_hh + td[:, None] * s_ht + k[None, :]
+        h_ptr = hi + b * s_hb + h * s_hh + vil_offset(td[:, None], k[None, :], s_hs, s_hj)
         tl.store(h_ptr, hb.to(tl.uint8), mask=tm[:, None] & (k[None, :] < NHB))
     else:
         mn = tl.min(x, axis=1)
@@ -208,7 +209,9 @@ def _pack_values_kernel(
     packed = tl.sum(tl.reshape(codes & (2**BITS - 1), (BT, D // PER, PER)) << sh, axis=2)  # (BT, D/PER)
     cb = tl.arange(0, D // PER)
     tl.store(
-        lo + b * s_lb + h * s_lh + td[:, None] * s_lt + cb[None, :], packed.to(tl.uint8), mask=tm[:, None]
+        lo + b * s_lb + h * s_lh + vil_offset(td[:, None], cb[None, :], s_ls, s_lj),
+        packed.to(tl.uint8),
+        mask=tm[:, None],
     )
 
 
@@ -339,17 +342,22 @@ def pack_values(
 ) -> None:
     """Quantize value tokens ``src[rows[e], :, src_tok[e] + j]`` into ``dst_tok[e] + j``, ``j < count[e]``.
 
-    src: (B, H, T, D); lo: (B, H, NV, D*bits/8) uint8; scale/zero: (B, H, NV, G) float16 with G=2
-    when ``hi`` (B, H, NV, ceil(nb*h/8)) and the static ``idx`` (H, nb) int16 (ascending: slot s holds
-    channel ``idx[h, s]``) boost a channel group.
+    src: (B, H, T, D); lo: (B, H, NV/64, 4, D*bits/8, 16) uint8 (interleaved: :mod:`fcboost.quant.layout`);
+    scale/zero: (B, H, NV, G) float16 with G=2 when ``hi`` (B, H, NV/64, 4, ceil(nb*h/8), 16) and the
+    static ``idx`` (H, nb) int16 (ascending: slot s holds channel ``idx[h, s]``) boost a channel group.
     """
     _check_src(src, "src")
-    B, H, NV, DB = lo.shape
+    if lo.dim() != 6 or lo.shape[3] != 4 or lo.shape[5] != 16 or lo.stride()[3:] != (16 * lo.shape[4], 16, 1):
+        raise ValueError(f"lo {tuple(lo.shape)} must be interleaved value bytes (B, H, NV/64, 4, C, 16)")
+    B, H, NS, _, DB, _ = lo.shape
+    NV = 64 * NS
     D = DB * 8 // bits
     G = scale.shape[-1]
     boost = hi is not None
     if G != (2 if boost else 1) or scale.shape[:3] != (B, H, NV):
-        raise ValueError(f"scale {tuple(scale.shape)} must be (B, H, NV, {2 if boost else 1})")
+        raise ValueError(f"scale {tuple(scale.shape)} must be (B, H, NV={NV}, {2 if boost else 1})")
+    if boost and (hi.shape[:4] != (B, H, NS, 4) or hi.shape[5] != 16):
+        raise ValueError(f"hi {tuple(hi.shape)} must be interleaved like lo: ({B}, {H}, {NS}, 4, C, 16)")
     if src.shape[1] != H or src.shape[3] != D:
         raise ValueError(f"src {tuple(src.shape)} does not match (H, D)=({H}, {D}) of the values")
     rows, src_tok, dst_tok, count = (_i32(a, src.device) for a in (rows, src_tok, dst_tok, count))
@@ -360,10 +368,10 @@ def pack_values(
     BT = 2 if mc <= 2 else 16  # decode steps flush one token per row; two variants, two compilations
     nb = idx.shape[-1] if boost else 0
     hbits = storage_bits(boost_bits - bits) if boost else 1
-    nhb = hi.shape[-1] if boost else 1
+    nhb = hi.shape[4] if boost else 1
     idx_t = idx.contiguous() if boost else lo
     hi_t = hi if boost else lo
-    hs = hi.stride()[:3] if boost else (0, 0, 0)
+    hs = hi.stride()[:4] if boost else (0, 0, 0, 0)
     _pack_values_kernel[(R, H, triton.cdiv(mc, BT))](
         src,
         src.stride(0),
@@ -374,7 +382,7 @@ def pack_values(
         dst_tok,
         count,
         lo,
-        *lo.stride()[:3],
+        *lo.stride()[:4],
         hi_t,
         *hs,
         idx_t,

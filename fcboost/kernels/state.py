@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from fcboost.quant.config import KVQuantConfig
+from fcboost.quant.layout import STEP, steps, to_tokens
 from fcboost.quant.mixed import PackedKeys, PackedValues, dequantize_key_pages, dequantize_values
 
 
@@ -30,7 +31,7 @@ class PackedKVState:
     k_lo: torch.Tensor  # (B, H, NP, P*b/8, D) uint8
     k_scale: torch.Tensor  # (B, H, NP, D) fp16
     k_zero: torch.Tensor  # (B, H, NP, D) fp16
-    v_lo: torch.Tensor  # (B, H, NV, D*b/8) uint8
+    v_lo: torch.Tensor  # (B, H, NV/64, 4, D*b/8, 16) uint8, interleaved (fcboost.quant.layout)
     v_scale: torch.Tensor  # (B, H, NV, G) fp16
     v_zero: torch.Tensor  # (B, H, NV, G) fp16
     n_real: torch.Tensor  # (B,) int32
@@ -39,7 +40,7 @@ class PackedKVState:
     k_hi: torch.Tensor | None = None  # (B, H, NP, P*h/8, nb) uint8
     k_idx: torch.Tensor | None = None  # (B, H, NP, nb) int16, Kitty's per-page channels
     boost_idx: torch.Tensor | None = None  # (H, nb) int16, a static mask's channels
-    v_hi: torch.Tensor | None = None  # (B, H, NV, ceil(nb*h/8)) uint8
+    v_hi: torch.Tensor | None = None  # (B, H, NV/64, 4, ceil(nb*h/8), 16) uint8, interleaved
 
     @property
     def n_boost(self) -> int:
@@ -82,13 +83,15 @@ class PackedKVState:
         ns = n.clamp(max=c.n_sink)
         total = int((2 * ns + (n - ns - npg * c.page_size) + (n - ns - nvq)).sum()) * H * D * el
 
-        def per(t):
-            return 0 if t is None else t[0, 0, 0].numel() * t.element_size() * H
+        def per(t, tokens=1):
+            return 0 if t is None else t[0, 0, 0].numel() * t.element_size() * H // tokens
 
         for t in (self.k_lo, self.k_hi, self.k_idx, self.k_scale, self.k_zero):
             total += int(npg.sum()) * per(t)
-        for t in (self.v_lo, self.v_hi, self.v_scale, self.v_zero):
+        for t in (self.v_scale, self.v_zero):
             total += int(nvq.sum()) * per(t)
+        for t in (self.v_lo, self.v_hi):  # a step entry holds 64 tokens
+            total += int(nvq.sum()) * per(t, STEP)
         return total
 
     def check(self) -> None:
@@ -139,8 +142,8 @@ class PackedKVState:
         ks.append(self.k_buf[b, :, : n - ns - npg * c.page_size].float())
         if nvq:
             pv = PackedValues(
-                self.v_lo[b, :, :nvq],
-                None if self.v_hi is None else self.v_hi[b, :, :nvq],
+                to_tokens(self.v_lo[b], nvq),
+                None if self.v_hi is None else to_tokens(self.v_hi[b], nvq),
                 self.v_scale[b, :, :nvq],
                 self.v_zero[b, :, :nvq],
             )
@@ -180,7 +183,7 @@ def random_state(
 
     done = [max(0, n - 1) if pending else n for n in lengths]
     npg, nvq = [pages(n) for n in done], [vq(n) for n in done]
-    NP, NV = max(npg + [1]), -(-max(nvq + [1]) // 64) * 64  # value capacity in 64-token steps, as the cache
+    NP, NV = max(npg + [1]), steps(max(nvq + [1])) * STEP  # value capacity in whole steps, as the cache
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
@@ -203,7 +206,9 @@ def random_state(
     boost = cfg.selector != "none" and nb > 0
     vboost = boost and cfg.boost_values
     G = 2 if vboost else 1
-    mk.update(v_lo=u8(B, H, NV, D // 4), v_scale=pos16(B, H, NV, G), v_zero=-pos16(B, H, NV, G) * 4)
+    mk.update(
+        v_lo=u8(B, H, NV // STEP, 4, D // 4, 16), v_scale=pos16(B, H, NV, G), v_zero=-pos16(B, H, NV, G) * 4
+    )
     i32 = dict(dtype=torch.int32, device=device)
     st = PackedKVState(
         cfg,
@@ -231,7 +236,7 @@ def random_state(
                 .to(device)
             )
         if vboost:
-            st.v_hi = u8(B, H, NV, -(-nb * 2 // 8))
+            st.v_hi = u8(B, H, NV // STEP, 4, -(-nb * 2 // 8), 16)
     return st
 
 

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoConfig, DynamicCache
 
 from fcboost import ChannelMask, KVQuantConfig, QuantizedKVCache
+from fcboost.quant.layout import to_tokens
 
 BOUNDARY_NS = [1, 31, 32, 33, 159, 160, 161, 162, 287, 288, 289, 290, 416, 417]
 
@@ -54,9 +55,12 @@ def _state(cache):
         for name in ("k_lo", "k_hi", "k_idx", "k_scale", "k_zero"):
             t = getattr(layer, name)
             out[f"{name}{b}"] = None if t is None else t[b, :, :npg]
-        for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
+        for name in ("v_scale", "v_zero"):
             t = getattr(layer, name)
             out[f"{name}{b}"] = None if t is None else t[b, :, :nvq]
+        for name in ("v_lo", "v_hi"):  # interleaved: compare the real tokens
+            t = getattr(layer, name)
+            out[f"{name}{b}"] = None if t is None else to_tokens(t[b], nvq)
         out[f"sink{b}"] = (layer.sink_k[b, :, : layer.n_sink(b)], layer.sink_v[b, :, : layer.n_sink(b)])
     return out
 

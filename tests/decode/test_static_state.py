@@ -9,6 +9,7 @@ from fcboost.cache.layer import QuantizedLayer
 from fcboost.cache.static import StaticQuantLayer, bytes_per_row, quant_storage_shapes
 from fcboost.masks.mask import ChannelMask
 from fcboost.quant.config import KVQuantConfig
+from fcboost.quant.layout import steps, to_tokens
 from fcboost.quant.mixed import boost_index
 from fcboost.quant.selectors import DynamicMagnitude, NoBoost, StaticMask
 
@@ -70,10 +71,16 @@ def test_prefill_and_decode_state_equals_reference(method, device):
             r = getattr(ref, name)
             if r is not None:
                 assert torch.equal(getattr(st, name)[b, :, :npg].cpu(), r[b, :, :npg].cpu()), name
-        for name in ("v_lo", "v_hi", "v_scale", "v_zero"):
+        for name in ("v_scale", "v_zero"):
             r = getattr(ref, name)
             if r is not None:
                 assert torch.equal(getattr(st, name)[b, :, :nvq].cpu(), r[b, :, :nvq].cpu()), name
+        for name in ("v_lo", "v_hi"):  # interleaved: the real tokens
+            r = getattr(ref, name)
+            if r is not None:
+                assert torch.equal(to_tokens(getattr(st, name)[b], nvq).cpu(), to_tokens(r[b], nvq).cpu()), (
+                    name
+                )
         rk, rv = ref.dequantized(b)
         sk, sv = st.row_kv(b)
         assert torch.equal(sk.cpu(), rk.cpu()) and torch.equal(sv.cpu(), rv.cpu())
@@ -83,7 +90,8 @@ def test_storage_bytes_and_bad_input(device):
     cfg = KVQuantConfig.kivi()
     sh = quant_storage_shapes(cfg, 0, 8, 128, 4096)
     assert sh["k_lo"][0] == (8, (4096 - 33) // 128 + 1, 32, 128)
-    assert sh["v_lo"][0] == (8, 4096 - 32 - 128 + 1, 32)
+    assert sh["v_lo"][0] == (8, steps(4096 - 32 - 128 + 1), 4, 32, 16)  # whole 64-token steps
+    assert sh["v_scale"][0] == (8, 64 * steps(4096 - 32 - 128 + 1), 1)
     from transformers import AutoConfig
 
     from fcboost.models import RANDOM_CONFIGS

@@ -138,35 +138,36 @@ def main() -> None:
             num_warps=1 if BT <= 4 else 4,
         )
         print("pack values", boost, BT, usage(k), flush=True)
-    # the experimental Gluon page kernel (KIVI layout), with the cache's and the interleaved value layout
+    # the Gluon page kernel (no boost, Kitty keys, static keys, static keys + values), as the launcher
+    # specializes it: 16-byte aligned pointers and strides (its cp.async copies need them)
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from fcboost.kernels import attention_page_gluon as apg
 
     fn = apg._page_kernel_gluon
-    gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VIL="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
-              VHI="*u8", BIDX="*i16", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
-    for native, kb, vb, pf in (
-        (True, False, False, 0),
-        (False, False, False, 0),
-        (False, False, False, 2),
-        (True, True, False, 0),
-        (False, True, True, 0),
-        (False, True, True, 2),
+    gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
+              KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
+    for kb, vb, name in (
+        (False, False, "kivi"),
+        (True, False, "kitty / static keys"),
+        (True, True, "static"),
     ):
-        consts = dict(GQ=4, D=128, NATIVE=native, KBOOST=kb, VBOOST=vb, PF=pf)
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
         }
+        aligned = {
+            (i,): [["tt.divisibility", 16]]
+            for i, n in enumerate(fn.arg_names)
+            if n in gp or (n.startswith("s_") and n not in ("s_kib", "s_kip"))
+        }
         k = triton.compile(
-            GluonASTSource(fn, sig, constexprs=consts), target=TARGET, options=dict(num_warps=1)
+            GluonASTSource(fn, sig, constexprs=consts, attrs=aligned),
+            target=TARGET,
+            options=dict(num_warps=1, maxnreg=168),
         )
-        print(
-            f"gluon page (native values {native}, key boost {kb}, value boost {vb}, L2 prefetch {pf})",
-            usage(k),
-            flush=True,
-        )
+        print(f"gluon page ({name})", usage(k), f"{k.metadata.shared} B shared", flush=True)
     print("ALL COMPILED")
 
 

@@ -7,6 +7,7 @@ import torch
 
 from fcboost.kernels.quant_pack import pack_key_pages, pack_values
 from fcboost.quant.core import storage_bits
+from fcboost.quant.layout import to_tokens
 from fcboost.quant.mixed import boost_index, quantize_key_pages, quantize_values
 from fcboost.quant.selectors import DynamicMagnitude
 
@@ -80,27 +81,35 @@ def test_key_pages_bitwise(mode, D, dtype, P, block, nb, device):
 @pytest.mark.parametrize("nb", [NB, 6])  # 6: the last hi byte holds 2 slots and 2 padding slots
 def test_values_bitwise(boost, D, dtype, decode, nb, device):
     g = torch.Generator().manual_seed(D + boost)
-    B, H, NV = 3, 2, 60
+    B, H, NV = 3, 2, 128
     src = (torch.randn(B, H, 40, D, generator=g) * 2).to(dtype)
     src[2, 1, 3] = -1.25  # a constant token
     src = src.to(device)
     G = 2 if boost else 1
-    lo = torch.zeros(B, H, NV, D // 4, dtype=torch.uint8, device=device)
+    lo = torch.zeros(B, H, NV // 64, 4, D // 4, 16, dtype=torch.uint8, device=device)  # interleaved
     sc, zr = (torch.zeros(B, H, NV, G, dtype=torch.float16, device=device) for _ in range(2))
     mask = _mask(H, D, g, nb)
-    hi = torch.zeros(B, H, NV, -(-nb * 2 // 8), dtype=torch.uint8, device=device) if boost else None
+    hi = (
+        torch.zeros(B, H, NV // 64, 4, -(-nb * 2 // 8), 16, dtype=torch.uint8, device=device)
+        if boost
+        else None
+    )
     idx = boost_index(mask, nb).to(torch.int16).to(device) if boost else None
     entries = [(0, 0, 5, 20), (2, 3, 40, 1), (1, 10, 0, 17)]  # (row, src token, dst token, count)
     if decode:  # one token per row, as a decode step flushes (the launcher's small-tile path)
-        entries = [(0, 7, 5, 1), (2, 39, 59, 1), (1, 0, 0, 1)]
+        entries = [(0, 7, 5, 1), (2, 39, 127, 1), (1, 0, 0, 1)]
     pack_values(src, *zip(*entries), lo=lo, scale=sc, zero=zr, bits=2, boost_bits=4, hi=hi, idx=idx)
+    written = torch.zeros(B, NV, dtype=torch.bool)
     for b, s0, d0, n in entries:
+        written[b, d0 : d0 + n] = True
         pv = quantize_values(src[b, :, s0 : s0 + n].cpu(), 2, 4, mask if boost else None, nb if boost else 0)
-        assert torch.equal(pv.lo, lo[b, :, d0 : d0 + n].cpu()), f"lo codes differ, row {b}"
+        assert torch.equal(pv.lo, to_tokens(lo[b].cpu())[:, d0 : d0 + n]), f"lo codes differ, row {b}"
         assert torch.equal(pv.scale, sc[b, :, d0 : d0 + n].cpu()), f"scales differ, row {b}"
         assert torch.equal(pv.zero, zr[b, :, d0 : d0 + n].cpu()), f"zeros differ, row {b}"
         if boost:
-            assert torch.equal(pv.hi, hi[b, :, d0 : d0 + n].cpu()), f"hi codes differ, row {b}"
+            assert torch.equal(pv.hi, to_tokens(hi[b].cpu())[:, d0 : d0 + n]), f"hi codes differ, row {b}"
+    # nothing outside the written tokens (the interleaved offsets address only their own bytes)
+    assert to_tokens(lo.cpu()).permute(0, 2, 1, 3)[~written].eq(0).all()
 
 
 def test_kitty_ties_go_to_the_lower_channel(device):
