@@ -36,12 +36,16 @@ METHODS = {
 }
 
 
-def gluon_variants(stages=(2,), regs=(168,)) -> dict:
-    """The Gluon page kernel's variants: pipeline depths x register caps."""
+def gluon_variants(stages=(2,), regs=(168,), ahead=(True,)) -> dict:
+    """The Gluon page kernel's variants: pipeline depths x register caps x next-page boost operand."""
     return {
-        f"gluon_s{n}_r{r}": {"page_impl": "gluon", "_gluon": {"stages": n, "maxnreg": r}}
+        f"gluon_s{n}_r{r}" + ("" if a else "_noahead"): {
+            "page_impl": "gluon",
+            "_gluon": {"stages": n, "maxnreg": r, "ahead": a},
+        }
         for n in stages
         for r in regs
+        for a in ahead
     }
 
 
@@ -55,11 +59,19 @@ def main() -> None:
     ap.add_argument("--stages", default="2", help="cp.async pipeline depths (comma list)")
     ap.add_argument("--regs", default="168", help="register caps (comma list; 0: none)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--ahead", default="1", help="next-page boost operand on/off (comma list of 1/0)")
+    ap.add_argument(
+        "--rest-only", action="store_true", help="also time rest + combine alone (no page kernel)"
+    )
     args = ap.parse_args()
     methods = {k: METHODS[k] for k in args.methods.split(",")}
     variants = {"triton": {"page_impl": "triton"}}
     variants.update(
-        gluon_variants([int(x) for x in args.stages.split(",")], [int(x) for x in args.regs.split(",")])
+        gluon_variants(
+            [int(x) for x in args.stages.split(",")],
+            [int(x) for x in args.regs.split(",")],
+            [x == "1" for x in args.ahead.split(",")],
+        )
     )
     t0 = time.time()
     dev = torch.device("cuda")
@@ -93,11 +105,14 @@ def main() -> None:
             for key, kw in variants.items():
                 fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
                 row["variants"][key] = {"us": graph_us(fn)}
+            if args.rest_only:  # no page programs: what the rest and combine kernels cost alone
+                fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, n_splits=0)
+                row["rest_only_us"] = graph_us(fn)
             best = min((v["us"], k) for k, v in row["variants"].items() if k.startswith("gluon"))
             tri = row["variants"]["triton"]["us"]
             print(f"{mname} {B}x{T}: sdpa {sdpa:.1f} triton {tri:.1f} gluon best {best[0]:.1f} ({best[1]}, "
-                  f"{sdpa / best[0]:.2f}x)", {k: round(v["us"], 1) for k, v in row["variants"].items()},
-                  flush=True)  # fmt: skip
+                  f"{sdpa / best[0]:.2f}x) rest only {row.get('rest_only_us', float('nan')):.1f}",
+                  {k: round(v["us"], 1) for k, v in row["variants"].items()}, flush=True)  # fmt: skip
             res["timing"].append(row)
             with open(args.out, "w") as f:
                 json.dump(res, f, indent=1)
