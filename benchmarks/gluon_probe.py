@@ -36,16 +36,12 @@ METHODS = {
 }
 
 
-def gluon_variants(stages=(2,), regs=(168,), ahead=(True,)) -> dict:
-    """The Gluon page kernel's variants: pipeline depths x register caps x next-page boost operand."""
+def gluon_variants(stages=(2,), regs=(168,)) -> dict:
+    """The Gluon page kernel's variants: pipeline depths x register caps."""
     return {
-        f"gluon_s{n}_r{r}" + ("" if a else "_noahead"): {
-            "page_impl": "gluon",
-            "_gluon": {"stages": n, "maxnreg": r, "ahead": a},
-        }
+        f"gluon_s{n}_r{r}": {"page_impl": "gluon", "_gluon": {"stages": n, "maxnreg": r}}
         for n in stages
         for r in regs
-        for a in ahead
     }
 
 
@@ -59,7 +55,6 @@ def main() -> None:
     ap.add_argument("--stages", default="2", help="cp.async pipeline depths (comma list)")
     ap.add_argument("--regs", default="168", help="register caps (comma list; 0: none)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--ahead", default="1", help="next-page boost operand on/off (comma list of 1/0)")
     ap.add_argument(
         "--rest-only", action="store_true", help="also time rest + combine alone (no page kernel)"
     )
@@ -70,7 +65,6 @@ def main() -> None:
         gluon_variants(
             [int(x) for x in args.stages.split(",")],
             [int(x) for x in args.regs.split(",")],
-            [x == "1" for x in args.ahead.split(",")],
         )
     )
     t0 = time.time()

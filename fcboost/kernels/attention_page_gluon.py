@@ -155,7 +155,7 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
-    STAGES: gl.constexpr = 2, AHEAD: gl.constexpr = True,
+    STAGES: gl.constexpr = 2,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -200,11 +200,6 @@ def _page_kernel_gluon(
         hs = gl.arange(0, NB, layout=gl.SliceLayout(1, lb4))
         qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
-        if AHEAD:  # the first page's high-bit operand (later pages: built one page ahead, below)
-            hch0 = gl.load(sidx + i0 * s_kip + hs, mask=(i0 < i1) & (hs >= 0), other=0).to(gl.int32)
-            sch0 = gl.load(KSC + ks_base + i0 * s_ksp + hch0, mask=(i0 < i1) & (hs >= 0), other=0.0)
-            qfh0 = gl.load(qh_ptr + hch0[:, None], mask=qmask, other=0.0).to(gl.float32)
-            qh = (qfh0 * sch0.to(gl.float32)[:, None] * (4.0 * qk_scale)).to(gl.float16)
     else:
         kh_base = k_base
     if VBOOST:  # A tiles with the 16 slots as rows; each row's plane from its own mask
@@ -255,20 +250,13 @@ def _page_kernel_gluon(
             vch = gl.load(sidx + vr + 0 * pg).to(gl.int32)
             lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
         if KBOOST:
-            # the slot -> channel map re-read per page (held across the loop it made the compiler keep
-            # about 100 more registers, sm_90 compile: 248 vs 134); AHEAD: the next page's map, scales
-            # and query entries are loaded here and its operand built at the end of this page, so the
-            # dependent loads (map -> gathers) wait behind this page's work instead of before it
-            if AHEAD:
-                nxt = pg + 1
-                hch_n = gl.load(sidx + nxt * s_kip + hs, mask=(nxt < i1) & (hs >= 0), other=0).to(gl.int32)
-                sch_n = gl.load(KSC + ks_base + nxt * s_ksp + hch_n, mask=(nxt < i1) & (hs >= 0), other=0.0)
-                qfh_n = gl.load(qh_ptr + hch_n[:, None], mask=qmask, other=0.0)
-            else:
-                hch = gl.load(sidx + pg * s_kip + hs).to(gl.int32)
-                sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
-                qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32)
-                qh = (qfh * sch[:, None] * (4.0 * qk_scale)).to(gl.float16)
+            # the slot -> channel map re-read per page: held across the loop it made the compiler
+            # keep about 100 more registers (sm_90 compile: 248 vs 134). (Building the next page's
+            # operand during this page was 1-4% slower on the H200: gluon_ahead_s5_h200.json.)
+            hch = gl.load(sidx + pg * s_kip + hs).to(gl.int32)
+            sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
+            qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32)
+            qh = (qfh * sch[:, None] * (4.0 * qk_scale)).to(gl.float16)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
             g = 2 * pg + st
             _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
@@ -342,8 +330,6 @@ def _page_kernel_gluon(
                     pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
                     ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
-        if KBOOST and AHEAD:
-            qh = (qfh_n.to(gl.float32) * sch_n.to(gl.float32)[:, None] * (4.0 * qk_scale)).to(gl.float16)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)

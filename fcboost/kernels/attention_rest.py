@@ -72,106 +72,124 @@ def _rest_kernel(
         k_slot0 = tl.sum(tl.where(khit0, sb[:, None], 0), axis=0)
     for i in range(j, n_c + n_ab, NREST):
         if i < n_c:
-            t = i * BT + tt
+            t0 = i * BT
+            t = t0 + tt
             valid = t < ns
             rel0 = nreal * 0 - P
         else:
-            t = a0 + (i - n_c) * BT + tt
+            t0 = a0 + (i - n_c) * BT
+            t = t0 + tt
             valid = t < n_end
             rel0 = nft * BN + (i - n_c) * BT
+        t1 = t0 + BT
         in_sink = valid & (t < ns)
         rel = t - S
         in_kq = valid & (t >= S) & (t < kq_end)
         in_kb = valid & (t >= S) & (t >= kq_end) & (t < nreal)
         in_vq = valid & (t >= S) & (t < vq_end)
         in_vw = valid & (t >= S) & (t >= vq_end) & (t < nreal)
-        sk = tl.load(
-            SK + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
-        )
-        kbf = tl.load(
-            KB + b * s_kbb + h * s_kbh + (rel - npg * P)[:, None] * s_kbt + d[None, :],
-            mask=in_kb[:, None],
-            other=0.0,
-        )
-        kf = sk.to(tl.float32) + kbf.to(tl.float32)
         in_new = valid & (t == nreal)
-        if HAS_NEW:
-            kn = tl.load(
-                KN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+        # each source is read only by the tiles whose token range meets it (warp-uniform branches:
+        # a tile holds one or two of the sink / quantized / 16-bit tail sources, not all of them)
+        kf = tl.zeros((BT, D), tl.float32)
+        vf = tl.zeros((BT, D), tl.float32)
+        if t0 < ns:
+            sk = tl.load(
+                SK + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
             )
-            kf += kn.to(tl.float32)
-        # quantized keys: one page per tile
-        pg = rel0 // P  # the tile's key page (-1 for sink tiles)
-        pg_d = d * 0 + pg  # (D,) (a tensor mask: the interpreter mishandles scalar & tensor)
-        pg_ok = (pg_d >= 0) & (pg_d < npg)
-        pg_s = sb * 0 + pg
-        pg_oks = (pg_s >= 0) & (pg_s < npg) & (sb < NB)
-        prow = rel % P
-        kcode = (
-            tl.load(
-                KLO + b * s_klb + h * s_klh + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :],
-                mask=in_kq[:, None],
-                other=0,
-            ).to(tl.int32)
-            >> (2 * (prow % 4))[:, None]
-        ) & 3
-        if KBOOST:
-            if KDYN:  # Kitty: this page's channels
-                kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1).to(
-                    tl.int32
+            sv = tl.load(
+                SV + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
+            )
+            kf += sk.to(tl.float32)
+            vf += sv.to(tl.float32)
+        if (t1 > S) & (t1 > kq_end) & (t0 < nreal):
+            kbf = tl.load(
+                KB + b * s_kbb + h * s_kbh + (rel - npg * P)[:, None] * s_kbt + d[None, :],
+                mask=in_kb[:, None],
+                other=0.0,
+            )
+            kf += kbf.to(tl.float32)
+        if (t1 > S) & (t1 > vq_end) & (t0 < nreal):
+            vwf = tl.load(
+                VW + b * s_vwb + h * s_vwh + (rel - nvq)[:, None] * s_vwt + d[None, :],
+                mask=in_vw[:, None],
+                other=0.0,
+            )
+            vf += vwf.to(tl.float32)
+        if HAS_NEW:
+            if (t0 <= nreal) & (nreal < t1):
+                kn = tl.load(
+                    KN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
                 )
-                khit = kid[:, None] == d[None, :]
-                k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
-                k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
-            else:
-                k_isb = k_isb0
-                k_slot = k_slot0
-            kh = tl.load(
-                KHI + b * s_khb + h * s_khh + pg * s_khp + (prow // 4)[:, None] * s_khr + k_slot[None, :],
-                mask=in_kq[:, None] & k_isb[None, :],
-                other=0,
-            ).to(tl.int32)
-            kcode += ((kh >> (2 * (prow % 4))[:, None]) & 3) << 2
-        ksc = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
-        kzr = tl.load(KZR + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
-        kf += tl.where(in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], 0.0)
-        sv = tl.load(
-            SV + b * s_sb + h * s_sh + t[:, None] * s_st + d[None, :], mask=in_sink[:, None], other=0.0
-        )
-        vwf = tl.load(
-            VW + b * s_vwb + h * s_vwh + (rel - nvq)[:, None] * s_vwt + d[None, :],
-            mask=in_vw[:, None],
-            other=0.0,
-        )
-        vf = sv.to(tl.float32) + vwf.to(tl.float32)
-        if HAS_NEW:
-            vn = tl.load(
-                VN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
-            )
-            vf += vn.to(tl.float32)
-        vrow = VLO + b * s_vlb + h * s_vlh
-        vcode = (
-            tl.load(
-                vrow + vil_offset(rel[:, None], (d // 4)[None, :], s_vls, s_vlj), mask=in_vq[:, None], other=0
-            ).to(tl.int32)
-            >> (2 * (d % 4))[None, :]
-        ) & 3
-        vs_ptr = VSC + b * s_vsb + h * s_vsh + rel * s_vst
-        vz_ptr = VZR + b * s_vsb + h * s_vsh + rel * s_vst
-        vs0 = tl.load(vs_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
-        vz0 = tl.load(vz_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
-        if VBOOST:
-            vh = tl.load(
-                VHI + b * s_vhb + h * s_vhh + vil_offset(rel[:, None], (v_slot // 4)[None, :], s_vhs, s_vhj),
-                mask=in_vq[:, None] & v_isb[None, :],
-                other=0,
-            ).to(tl.int32)
-            vcode += ((vh >> (2 * (v_slot % 4))[None, :]) & 3) << 2
-            vs1 = tl.load(vs_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
-            vz1 = tl.load(vz_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
-            vs0 = tl.where(v_isb[None, :], vs1, vs0)
-            vz0 = tl.where(v_isb[None, :], vz1, vz0)
-        vf += tl.where(in_vq[:, None], vcode.to(tl.float32) * vs0 + vz0, 0.0)
+                vn = tl.load(
+                    VN + b * s_nb + h * s_nh + t[:, None] * 0 + d[None, :], mask=in_new[:, None], other=0.0
+                )
+                kf += kn.to(tl.float32)
+                vf += vn.to(tl.float32)
+        if (t1 > S) & (t0 < kq_end):  # quantized keys: one page per tile
+            pg = rel0 // P  # the tile's key page
+            pg_d = d * 0 + pg  # (D,) (a tensor mask: the interpreter mishandles scalar & tensor)
+            pg_ok = (pg_d >= 0) & (pg_d < npg)
+            pg_s = sb * 0 + pg
+            pg_oks = (pg_s >= 0) & (pg_s < npg) & (sb < NB)
+            prow = rel % P
+            kcode = (
+                tl.load(
+                    KLO + b * s_klb + h * s_klh + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :],
+                    mask=in_kq[:, None],
+                    other=0,
+                ).to(tl.int32)
+                >> (2 * (prow % 4))[:, None]
+            ) & 3
+            if KBOOST:
+                if KDYN:  # Kitty: this page's channels
+                    kid = tl.load(KIDX + b * s_kib + h * s_kih + pg * s_kip + sb, mask=pg_oks, other=-1).to(
+                        tl.int32
+                    )
+                    khit = kid[:, None] == d[None, :]
+                    k_isb = tl.sum(khit.to(tl.int32), axis=0) > 0
+                    k_slot = tl.sum(tl.where(khit, sb[:, None], 0), axis=0)
+                else:
+                    k_isb = k_isb0
+                    k_slot = k_slot0
+                kh = tl.load(
+                    KHI + b * s_khb + h * s_khh + pg * s_khp + (prow // 4)[:, None] * s_khr + k_slot[None, :],
+                    mask=in_kq[:, None] & k_isb[None, :],
+                    other=0,
+                ).to(tl.int32)
+                kcode += ((kh >> (2 * (prow % 4))[:, None]) & 3) << 2
+            ksc = tl.load(KSC + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+            kzr = tl.load(KZR + b * s_ksb + h * s_ksh + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+            kf += tl.where(in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], 0.0)
+        if (t1 > S) & (t0 < vq_end):  # quantized values
+            vrow = VLO + b * s_vlb + h * s_vlh
+            vcode = (
+                tl.load(
+                    vrow + vil_offset(rel[:, None], (d // 4)[None, :], s_vls, s_vlj),
+                    mask=in_vq[:, None],
+                    other=0,
+                ).to(tl.int32)
+                >> (2 * (d % 4))[None, :]
+            ) & 3
+            vs_ptr = VSC + b * s_vsb + h * s_vsh + rel * s_vst
+            vz_ptr = VZR + b * s_vsb + h * s_vsh + rel * s_vst
+            vs0 = tl.load(vs_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            vz0 = tl.load(vz_ptr, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+            if VBOOST:
+                vh = tl.load(
+                    VHI
+                    + b * s_vhb
+                    + h * s_vhh
+                    + vil_offset(rel[:, None], (v_slot // 4)[None, :], s_vhs, s_vhj),
+                    mask=in_vq[:, None] & v_isb[None, :],
+                    other=0,
+                ).to(tl.int32)
+                vcode += ((vh >> (2 * (v_slot % 4))[None, :]) & 3) << 2
+                vs1 = tl.load(vs_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+                vz1 = tl.load(vz_ptr + 1, mask=in_vq, other=0.0).to(tl.float32)[:, None]
+                vs0 = tl.where(v_isb[None, :], vs1, vs0)
+                vz0 = tl.where(v_isb[None, :], vz1, vz0)
+            vf += tl.where(in_vq[:, None], vcode.to(tl.float32) * vs0 + vz0, 0.0)
         # round to the model dtype as the reference does, then fp16 operands (exact for bf16 values
         # within fp16's range: the interpreter has no bf16 dot and fp16 keeps p more precisely)
         kt = kf.to(Q.dtype.element_ty).to(tl.float16)

@@ -131,8 +131,7 @@ def decode_attention(
     KV head, no boost or 16 boosted channels; CUDA, sm_80+), ``"triton"`` (every configuration; the
     interpreter too) or ``"auto"`` (default: Gluon where it serves the call, see
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
-    flight, default 2), ``maxnreg`` (default 168, 0: none) and ``ahead`` (boosted keys: build the next
-    page's high-bit operand during this page, default True).
+    flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168, 0: none).
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -179,8 +178,8 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gk = dict(_gluon or {})
-    if set(gk) - {"stages", "maxnreg", "ahead"}:
-        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'ahead'")
+    if set(gk) - {"stages", "maxnreg"}:
+        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg'")
     why_not = gluon_unsupported(q, st, tile_rows)
     if page_impl == "gluon" and why_not:
         raise ValueError(f"page_impl='gluon' cannot serve this call: {why_not}")
@@ -280,8 +279,7 @@ def decode_attention(
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
-            AHEAD=gk.get("ahead", True), num_warps=1,
+            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), num_warps=1,
             **({"maxnreg": reg} if reg else {}),
         )  # fmt: skip
     elif ns:

@@ -152,7 +152,7 @@ def main() -> None:
         (True, False, "kitty / static keys"),
         (True, True, "static"),
     ):
-        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, AHEAD=True)
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
