@@ -3,6 +3,10 @@
 One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit key buffer]`` /
 ``[16-bit sink | 2-bit values | 16-bit value window]`` plus the new token:
 
+- page tiles, grid ``(B*H, NSPLIT)``: on CUDA (where :func:`gluon_unsupported` finds nothing
+  against it) ``attention_page_gluon._page_kernel_gluon``, one-warp programs with explicit MMA
+  fragment layouts and a ``cp.async`` pipeline (its module docstring); else the Triton
+  ``_page_kernel`` below. Both write the same partials.
 - ``_page_kernel``, grid ``(B*H, NSPLIT)``: each program takes a contiguous run of *page tiles*
   (``BN = 4R`` tokens whose keys and values are both quantized, inside one key page); Triton's
   pipeliner prefetches the byte tiles, the loop prefetches the scales itself. Key codes run along
@@ -18,19 +22,21 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
 - ``_rest_kernel``, grid ``(B*H, NREST)``: ``BT``-token tiles of what is left (sink, the partly
   quantized tail, key buffer, value window, new token), program j taking tiles j, j+NREST, ...
   (:func:`n_rest`: one tile per program at small batch, one program per (row, head) at large
-  batch), each token from whichever source holds it, rounded to the model dtype as the reference does; without page tiles
+  batch), each token from whichever source holds it (a tile reads only the sources its token range
+  meets), rounded to the model dtype as the reference does; without page tiles
   (head_dim < 64 or page size not a multiple of ``BN``) programs stride over all of a row's tiles.
   On CUDA it runs on a side stream beside the page kernel.
 - ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
   log-sum-exp.
 
-The G query heads of a KV head are the M dimension (padded to 16) of every dot; logits never leave
+In the Triton kernels the G query heads of a KV head are the M dimension (padded to 16) of every dot
+(the Gluon kernel makes them the N = 8 columns); logits never leave
 registers. On the GPU a 2-bit code plane becomes fp16 in three instructions per four codes (``and``
 plus two ``prmt``): each masked byte becomes the mantissa of a *subnormal* half, exact, with no
 offset for the tensor cores' fp32 accumulation to lose (a ``1024 + code`` variant lost 7x in
 precision on the H200); the interpreter uses plain integer codes. Supported: 2-bit keys/values
-with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Measured figures:
-``benchmarks/results/bench_attention_s3_h200.json``.
+with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Value codes are stored token-interleaved
+(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s5_h200.json``.
 """
 
 from __future__ import annotations
