@@ -8,6 +8,7 @@ branch) by opcode. The issue floor of a shape is ``tiles x warps x loop instruct
 device's Triton version may schedule differently.
 
     python benchmarks/sass_stats.py [--methods kivi kitty static] [--num-stages 3]
+    python benchmarks/sass_stats.py --gluon      # the Gluon page kernel (one warp; loop = one 128-token page)
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: i
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
+def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int = 168):
+    """The Gluon page kernel as ``decode_attention`` launches it (one warp, 16-byte aligned storage)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from fcboost.kernels import attention_page_gluon as apg
+
+    fn = apg._page_kernel_gluon
+    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages)
+    names = fn.arg_names
+    sig = {
+        n: "constexpr" if n in consts else PTRS.get(n, "fp32" if n == "qk_scale" else "i32") for n in names
+    }
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]]
+        for n in names
+        if n not in consts and n != "qk_scale" and n not in NOT_DIV16 | {"s_kib", "s_kip"}
+    }
+    src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, maxnreg=maxnreg))
+
+
 def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
@@ -85,7 +107,15 @@ def main() -> None:
     ap_.add_argument("--methods", nargs="+", default=["kivi", "kitty", "static"])
     ap_.add_argument("--num-warps", type=int, default=4)
     ap_.add_argument("--num-stages", type=int, default=3)
+    ap_.add_argument("--gluon", action="store_true", help="the Gluon page kernel instead of the Triton one")
     a = ap_.parse_args()
+    if a.gluon:  # kitty and static keys share the code (the channel map's page stride differs)
+        for method in a.methods:
+            k = compile_gluon_page_kernel(method)
+            s = loop_stats(k.asm["cubin"])
+            print(f"gluon {method}: {s['regs']} registers, {s['stack']} B stack, {k.metadata.shared} B shared, "
+                  f"page loop {s['loop']} instructions per warp and 128-token page: {s['ops']}")  # fmt: skip
+        return
     for method in a.methods:
         maxnreg = None if method == "static" else 128  # the launcher's defaults
         k = compile_page_kernel(method, a.num_warps, a.num_stages, maxnreg)

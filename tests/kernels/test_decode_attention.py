@@ -164,3 +164,19 @@ def test_qwen3_8b_shape(method, impl, use_asm):
     for dtype in (torch.bfloat16, torch.float16):
         _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
                seed=5, use_asm=use_asm, page_impl=impl)  # fmt: skip
+
+
+def test_gluon_unsupported_names_the_reason():
+    """``page_impl='auto'`` falls back to the Triton kernel with a reason; on a CPU the reason is the
+    device, and a forced Gluon call raises with it."""
+    from fcboost.kernels.decode_attention import gluon_unsupported
+
+    st = random_state(KVQuantConfig.kivi(), [300, 5], 8, 128, torch.float16, "cpu")
+    q = torch.randn(2, 32, 128).half()
+    assert "CUDA" in gluon_unsupported(q, st)
+    with pytest.raises(ValueError, match="cannot serve this call: needs a CUDA device"):
+        decode_attention(q, st, 0.125, page_impl="gluon")
+    with pytest.raises(ValueError, match="page_impl='tiled'"):
+        decode_attention(q, st, 0.125, page_impl="tiled")
+    with pytest.raises(ValueError, match="_gluon="):
+        decode_attention(q, st, 0.125, _gluon={"pf": 1})
