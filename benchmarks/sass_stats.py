@@ -32,11 +32,9 @@ PTRS = {"Q": "*bf16", "KLO": "*u8", "KHI": "*u8", "VLO": "*u8", "VHI": "*u8", "K
 NOT_DIV16 = {"s_vst", "H", "NSPLIT", "NSLOT"}  # runtime ints not specialised as multiples of 16
 
 
-def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: int | None):
-    boost = method in ("kitty", "static")
-    consts = dict(GQ=4, BM=16, D=128, P=128, R=32, NB=16 if boost else 0, NBP=16, NBQ=8, KBOOST=boost,
-                  VBOOST=method == "static", ASM=True)  # fmt: skip
-    fn = ap._page_kernel
+def _specialize(fn, consts: dict, not_div16: set = NOT_DIV16) -> tuple[dict, dict]:
+    """Signature and attributes as the launcher specializes ``fn``: pointers from ``PTRS``, runtime
+    ints and pointers divisible by 16 except ``not_div16``."""
     names = fn.arg_names
     sig = {
         n: "constexpr" if n in consts else PTRS.get(n, "fp32" if n == "qk_scale" else "i32") for n in names
@@ -44,8 +42,17 @@ def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: i
     attrs = {
         (names.index(n),): [["tt.divisibility", 16]]
         for n in names
-        if n not in consts and n != "qk_scale" and n not in NOT_DIV16
+        if n not in consts and n != "qk_scale" and n not in not_div16
     }
+    return sig, attrs
+
+
+def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: int | None):
+    boost = method in ("kitty", "static")
+    consts = dict(GQ=4, BM=16, D=128, P=128, R=32, NB=16 if boost else 0, NBP=16, NBQ=8, KBOOST=boost,
+                  VBOOST=method == "static", ASM=True)  # fmt: skip
+    fn = ap._page_kernel
+    sig, attrs = _specialize(fn, consts)
     opts = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
@@ -59,15 +66,7 @@ def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int = 168):
 
     fn = apg._page_kernel_gluon
     consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages)
-    names = fn.arg_names
-    sig = {
-        n: "constexpr" if n in consts else PTRS.get(n, "fp32" if n == "qk_scale" else "i32") for n in names
-    }
-    attrs = {
-        (names.index(n),): [["tt.divisibility", 16]]
-        for n in names
-        if n not in consts and n != "qk_scale" and n not in NOT_DIV16 | {"s_kib", "s_kip"}
-    }
+    sig, attrs = _specialize(fn, consts, NOT_DIV16 | {"s_kib", "s_kip"})
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, maxnreg=maxnreg))
 

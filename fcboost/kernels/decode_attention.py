@@ -263,15 +263,6 @@ def decode_attention(
     if ns and gluon:
         from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
-        kidx = st.k_idx if st.k_idx is not None else st.boost_idx if st.boost_idx is not None else st.k_lo
-        kis = (
-            st.k_idx.stride()[:3]
-            if st.k_idx is not None
-            else (0, st.boost_idx.stride(0), 0)
-            if st.boost_idx is not None
-            else (0, 0, 0)
-        )
-        vh = st.v_hi if vboost else st.v_lo
         reg = gk.get("maxnreg", 168)  # H200: the 168-register cap is best or equal for every variant
         _page_kernel_gluon[(B * H, ns)](
             q, q.stride(0), q.stride(1),
@@ -281,7 +272,7 @@ def decode_attention(
             st.v_scale, st.v_zero, *st.v_scale.stride()[:2],
             khi, *khs,
             kidx, *kis,
-            vh, *vh.stride()[:2],
+            vhi, *vhi.stride()[:2],
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
