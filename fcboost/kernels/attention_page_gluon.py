@@ -33,44 +33,63 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as _ac
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from fcboost.kernels.attention_page import _asm_raw  # the same PTX unpack as the Triton kernel
-
 # Triton 3.6 (the H200 image) names these async_copy_global_to_shared / thread_barrier; later Triton
 # async_load / barrier
 _cp_async = getattr(_ac, "async_load", None) or _ac.async_copy_global_to_shared
 _warp_sync = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
-G_RAW0: gl.constexpr = gl.constexpr(_asm_raw(0))
-G_RAW1: gl.constexpr = gl.constexpr(_asm_raw(1))
-G_RAW2: gl.constexpr = gl.constexpr(_asm_raw(2))
-G_RAW3: gl.constexpr = gl.constexpr(_asm_raw(3))
+# 4 packed uint8 ($8) -> the 4 code planes at once, 2 registers each: plane j is ``w & (3 << 2j)``
+# per byte as fp16 *subnormals* (code * 4^j * 2^-24, exact: the masked byte is a half's mantissa under
+# a zero exponent, no offset for the tensor cores' accumulation to lose precision on). Bytes 0 and 2
+# fill the first register's halves and bytes 1 and 3 (one shift of the word) the second's, so a
+# plane costs two ``and`` and the word one ``shr`` (the Triton kernel's ``and`` + 2 ``prmt`` per
+# plane put the bytes in order: 12 instructions per word instead of 9). The price: a thread's 4
+# consecutive k come out in the order (0, 2, 1, 3), so the other operand's k must be permuted
+# alike (:func:`_perm4`).
+G_RAW4: gl.constexpr = gl.constexpr(
+    "{ .reg .b32 t;\nshr.b32 t, $8, 8;\n"
+    "and.b32 $0, $8, 0x00030003;\nand.b32 $1, t, 0x00030003;\n"
+    "and.b32 $2, $8, 0x000c000c;\nand.b32 $3, t, 0x000c000c;\n"
+    "and.b32 $4, $8, 0x00300030;\nand.b32 $5, t, 0x00300030;\n"
+    "and.b32 $6, $8, 0x00c000c0;\nand.b32 $7, t, 0x00c000c0; }"
+)
 
 
 @gluon.jit
-def _graw(x, J: gl.constexpr):
-    """uint8 codes (a layout whose 4 consecutive register elements are one 32-bit word) -> fp16
-    ``(x & (3 << 2J)) * 2^-24`` exactly (subnormal halves)."""
-    if J == 0:
-        c = gl.inline_asm_elementwise(G_RAW0, "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
-    elif J == 1:
-        c = gl.inline_asm_elementwise(G_RAW1, "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
-    elif J == 2:
-        c = gl.inline_asm_elementwise(G_RAW2, "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
-    else:
-        c = gl.inline_asm_elementwise(G_RAW3, "=r,=r,r", [x], dtype=gl.float16, is_pure=True, pack=4)
-    return c
+def _graw4(x):
+    """uint8 codes (a layout whose 4 consecutive register elements are one 32-bit word) -> the four
+    fp16 planes ``(x & (3 << 2j)) * 2^-24``, j = 0..3, each with its k permuted by :func:`_perm4`
+    (element 4i + e holds byte 4i + perm(e))."""
+    return gl.inline_asm_elementwise(
+        G_RAW4, "=r,=r,=r,=r,=r,=r,=r,=r,r", [x],
+        dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4,
+    )  # fmt: skip
+
+
+@gluon.jit
+def _perm4(i):
+    """The k order :func:`_graw4` leaves: positions 1 and 2 of each group of 4 swapped (an involution)."""
+    return (i // 4) * 4 + (i % 2) * 2 + (i // 2) % 2
+
+
+@gluon.jit
+def _perm4_rows(x, N: gl.constexpr, layout: gl.constexpr):
+    """The (N, 8) operand ``x`` with its rows in :func:`_perm4` order, in ``layout``."""
+    x = gl.reshape(gl.permute(gl.reshape(x, [N // 4, 2, 2, 8]), [0, 2, 1, 3]), [N, 8])
+    return gl.convert_layout(x, layout)
 
 
 G_RAWM: gl.constexpr = gl.constexpr(
-    "{ .reg .b32 t, z;\nmov.b32 z, 0;\nand.b32 t, $2, $3;\nprmt.b32 $0, t, z, 0x4140;\nprmt.b32 $1, t, z, 0x4342; }"
+    "{ .reg .b32 t, z;\nmov.b32 z, 0;\nand.b32 t, $2, $3;\nprmt.b32 $0, t, z, 0x4240;\nprmt.b32 $1, t, z, 0x4341; }"
 )
 
 
 @gluon.jit
 def _graw_m(x, m):
-    """:func:`_graw` with a per-element mask ``m`` (uint8 ``3 << 2j``, the same for the 4 elements of a
-    word): rows of one A operand taken from different planes."""
+    """One plane per row: ``(x & m) * 2^-24`` with a per-element mask ``m`` (uint8 ``3 << 2j``, the
+    same for the 4 elements of a word: rows of one A operand taken from different planes), in
+    :func:`_graw4`'s k order (bytes 0, 2 | 1, 3)."""
     return gl.inline_asm_elementwise(G_RAWM, "=r,=r,r,r", [x, m], dtype=gl.float16, is_pure=True, pack=4)
 
 
@@ -110,6 +129,8 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_ba
     l16: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [1, 1], [1, 0])
     kr = gl.arange(0, 16, layout=gl.SliceLayout(1, l16))
     kc = gl.arange(0, D, layout=gl.SliceLayout(0, l16))
+    kr = _perm4(kr)  # smem row r <- byte row perm(r): the scores' rows come out in the k order of the
+    # value codes' unpacking (_graw4), so P^T feeds the value MMAs as it is
     _cp_async(k_s.index(slot), k_base + pg * s_klp + (r0 + kr)[:, None] * s_klr + kc[None, :], mask=ok)
     lv: gl.constexpr = gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0])
     vr = gl.arange(0, D, layout=gl.SliceLayout(1, lv))  # 4 j x D/4 channel bytes
@@ -122,13 +143,14 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_ba
     lt: gl.constexpr = gl.BlockedLayout([1, 2 * G], [16, 2], [1, 1], [1, 0])
     tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lt))
     tc = gl.arange(0, 4 * G, layout=gl.SliceLayout(0, lt))
-    t_off = (gs * 64 + 4 * tm)[:, None] * G + tc[None, :]
+    t_off = (gs * 64 + 4 * _perm4(tm))[:, None] * G + tc[None, :]  # rows as the key rows
     _cp_async(vs_s.index(slot), vs_base + t_off, mask=ok)
     _cp_async(vz_s.index(slot), vz_base + t_off, mask=ok)
     if KBOOST:
         lh: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [1, 1], [1, 0])
         hr = gl.arange(0, 16, layout=gl.SliceLayout(1, lh))
         hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
+        hr = _perm4(hr)
         _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
@@ -197,7 +219,7 @@ def _page_kernel_gluon(
     vz_base = VZR + b * s_vsb + h * s_vsh
     sidx = KIDX + b * s_kib + h * s_kih  # + page * s_kip: the page's slot -> channel map
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
-        hs = gl.arange(0, NB, layout=gl.SliceLayout(1, lb4))
+        hs = _perm4(gl.arange(0, NB, layout=gl.SliceLayout(1, lb4)))  # k (slots) in _graw4's order
         qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
     else:
@@ -268,21 +290,23 @@ def _page_kernel_gluon(
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
                 zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
-                qs = (qf * sc[:, None]).to(gl.float16)
+                qs = _perm4_rows((qf * sc[:, None]).to(gl.float16), D, lb4)  # k in _graw4's order
                 bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
             kb = k_s.index(slot).load(la4)  # (16, D) uint8
             vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
             vz_t = vz_s.index(slot).load(lrow)
-            s0 = mma_v2(_graw(kb, 0), qs, zero8)
-            s1 = mma_v2(_graw(kb, 1), qs, zero8)
-            s2 = mma_v2(_graw(kb, 2), qs, zero8)
-            s3 = mma_v2(_graw(kb, 3), qs, zero8)
+            k0, k1, k2, k3 = _graw4(kb)  # k (channels) in _perm4 order, as qs
+            s0 = mma_v2(k0, qs, zero8)
+            s1 = mma_v2(k1, qs, zero8)
+            s2 = mma_v2(k2, qs, zero8)
+            s3 = mma_v2(k3, qs, zero8)
             if KBOOST:
-                khb = kh_s.index(slot).load(la4)  # (16, 16)
-                s0 = mma_v2(_graw(khb, 0), qh, s0)
-                s1 = mma_v2(_graw(khb, 1), qh, s1)
-                s2 = mma_v2(_graw(khb, 2), qh, s2)
-                s3 = mma_v2(_graw(khb, 3), qh, s3)
+                khb = kh_s.index(slot).load(la4)  # (16, 16): k (slots) in _perm4 order, as qh
+                h0, h1, h2, h3 = _graw4(khb)
+                s0 = mma_v2(h0, qh, s0)
+                s1 = mma_v2(h1, qh, s1)
+                s2 = mma_v2(h2, qh, s2)
+                s3 = mma_v2(h3, qh, s3)
             s0 = s0 * U + bias[None, :]
             s1 = s1 * (U / 4) + bias[None, :]
             s2 = s2 * (U / 16) + bias[None, :]
@@ -317,10 +341,11 @@ def _page_kernel_gluon(
                 z_acc += pj * vzj[:, None]
                 pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
                 va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)  # (D/4 channel bytes, 16 tokens)
-                acc0 = mma_v2(_graw(va, 0), pb, acc0)
-                acc1 = mma_v2(_graw(va, 1), pb, acc1)
-                acc2 = mma_v2(_graw(va, 2), pb, acc2)
-                acc3 = mma_v2(_graw(va, 3), pb, acc3)
+                v0, v1, v2, v3 = _graw4(va)  # k (tokens m) in _perm4 order, as the rows of P^T
+                acc0 = mma_v2(v0, pb, acc0)
+                acc1 = mma_v2(v1, pb, acc1)
+                acc2 = mma_v2(v2, pb, acc2)
+                acc3 = mma_v2(v3, pb, acc3)
                 if VBOOST:
                     vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
                     vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
