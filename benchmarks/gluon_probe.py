@@ -5,6 +5,10 @@ Correctness of every variant against the PyTorch reference on ragged rows (fp16,
 CUDA-graph timings of the whole ``decode_attention`` (page + rest + combine) at the benchmark shapes
 with bf16 SDPA on the unquantized cache in the same run. Imports only torch, triton and fcboost.
 ``python benchmarks/gluon_probe.py --out probe.json --stages 2,3 --regs 168``
+
+``--old-kernel FILE``: also time (and check) another version of ``attention_page_gluon.py`` (e.g.
+``git show <commit>:fcboost/kernels/attention_page_gluon.py > old.py``) as variant ``gluon_old``, for
+an A/B in one run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,32 @@ def gluon_variants(stages=(2,), regs=(168,)) -> dict:
     }
 
 
+def _load_old(path: str):
+    """Another version of the Gluon page kernel module, loaded from ``path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attention_page_gluon_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _call(kw: dict, old, *args, **kwargs):
+    """``decode_attention`` with ``kw``; ``_old`` in kw: with the old module's page kernel swapped in
+    (``decode_attention`` imports the kernel at each call)."""
+    import fcboost.kernels.attention_page_gluon as apg
+
+    kw = dict(kw)
+    if not kw.pop("_old", False):
+        return decode_attention(*args, **kwargs, **kw)
+    new = apg._page_kernel_gluon
+    apg._page_kernel_gluon = old._page_kernel_gluon
+    try:
+        return decode_attention(*args, **kwargs, **kw)
+    finally:
+        apg._page_kernel_gluon = new
+
+
 def rel(a, ref) -> float:
     return float((a.float() - ref).norm() / ref.norm())
 
@@ -58,7 +88,9 @@ def main() -> None:
     ap.add_argument(
         "--rest-only", action="store_true", help="also time rest + combine alone (no page kernel)"
     )
+    ap.add_argument("--old-kernel", default=None, help="another attention_page_gluon.py to A/B against")
     args = ap.parse_args()
+    old = _load_old(args.old_kernel) if args.old_kernel else None
     methods = {k: METHODS[k] for k in args.methods.split(",")}
     variants = {"triton": {"page_impl": "triton"}}
     variants.update(
@@ -67,6 +99,8 @@ def main() -> None:
             [int(x) for x in args.regs.split(",")],
         )
     )
+    if old is not None:
+        variants["gluon_old"] = {"page_impl": "gluon", "_old": True}
     t0 = time.time()
     dev = torch.device("cuda")
     scaling = D**-0.5
@@ -81,7 +115,7 @@ def main() -> None:
             q = torch.randn(B, HQ, D, device=dev, dtype=dt)
             kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
             ref = decode_attention_reference(q, st, scaling, kn, vn)
-            e = {k: rel(decode_attention(q, st, scaling, kn, vn, **kw), ref) for k, kw in variants.items()}
+            e = {k: rel(_call(kw, old, q, st, scaling, kn, vn), ref) for k, kw in variants.items()}
             res["correctness"].append({"method": mname, "dtype": str(dt), "lengths": lengths, "rel_l2": e})
             print("correct", mname, dt, {k: f"{v:.2e}" for k, v in e.items()}, flush=True)
     dtype = torch.bfloat16
@@ -97,7 +131,7 @@ def main() -> None:
             mt = int((torch.minimum(st.n_pages * mcfg.page_size, st.n_vq) // 64).max())
             row = {"method": mname, "batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
             for key, kw in variants.items():
-                fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, **kw)
+                fn = partial(_call, kw, old, q, st, scaling, kn, vn, max_tiles=mt)
                 row["variants"][key] = {"us": graph_us(fn)}
             if args.rest_only:  # no page programs: what the rest and combine kernels cost alone
                 fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, n_splits=0)
