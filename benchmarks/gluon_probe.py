@@ -89,6 +89,9 @@ def main() -> None:
         "--rest-only", action="store_true", help="also time rest + combine alone (no page kernel)"
     )
     ap.add_argument("--old-kernel", default=None, help="another attention_page_gluon.py to A/B against")
+    ap.add_argument(
+        "--per-sm", default="", help="split counts aiming at N page programs per SM (comma list; default 32)"
+    )
     args = ap.parse_args()
     old = _load_old(args.old_kernel) if args.old_kernel else None
     methods = {k: METHODS[k] for k in args.methods.split(",")}
@@ -101,6 +104,8 @@ def main() -> None:
     )
     if old is not None:
         variants["gluon_old"] = {"page_impl": "gluon", "_old": True}
+    for n in [int(x) for x in args.per_sm.split(",") if x]:
+        variants[f"gluon_ps{n}"] = {"page_impl": "gluon", "_per_sm": n}
     t0 = time.time()
     dev = torch.device("cuda")
     scaling = D**-0.5
@@ -130,7 +135,13 @@ def main() -> None:
             st = random_state(mcfg, [T - 1] * B, HKV, D, dtype, dev, seed=1)
             mt = int((torch.minimum(st.n_pages * mcfg.page_size, st.n_vq) // 64).max())
             row = {"method": mname, "batch": B, "context": T, "sdpa_us": sdpa, "variants": {}}
+            n_sm = torch.cuda.get_device_properties(dev).multi_processor_count
             for key, kw in variants.items():
+                if "_per_sm" in kw:  # the launcher's Gluon split rule with another target
+                    kw = dict(kw)
+                    ns = min(max(1, round(kw.pop("_per_sm") * n_sm / (B * HKV))), max(1, mt // 4))
+                    kw["n_splits"] = ns
+                    row.setdefault("splits", {})[key] = ns
                 fn = partial(_call, kw, old, q, st, scaling, kn, vn, max_tiles=mt)
                 row["variants"][key] = {"us": graph_us(fn)}
             if args.rest_only:  # no page programs: what the rest and combine kernels cost alone

@@ -66,7 +66,7 @@ def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int = 168):
 
     fn = apg._page_kernel_gluon
     consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages)
-    sig, attrs = _specialize(fn, consts, NOT_DIV16 | {"s_kib", "s_kip"})
+    sig, attrs = _specialize(fn, consts)  # k_idx strides: multiples of 16 (16 slots; gluon_unsupported)
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, maxnreg=maxnreg))
 
