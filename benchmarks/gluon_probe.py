@@ -65,6 +65,7 @@ def _call(kw: dict, old, *args, **kwargs):
     import fcboost.kernels.attention_page_gluon as apg
 
     kw = dict(kw)
+    kw.pop("_per_sm", None)  # (correctness: the default split)
     if not kw.pop("_old", False):
         return decode_attention(*args, **kwargs, **kw)
     new = apg._page_kernel_gluon
