@@ -74,6 +74,15 @@ def _perm4(i):
 
 
 @gluon.jit
+def _perm4_vec(buf, N: gl.constexpr, layout: gl.constexpr):
+    """A (N,) shared-memory vector in ``layout`` with its elements in :func:`_perm4` order (permuted
+    within each thread's 4 registers, then one layout conversion)."""
+    x = buf.load(gl.BlockedLayout([4], [32], [1], [0]))
+    x = gl.reshape(gl.permute(gl.reshape(x, [N // 4, 2, 2]), [0, 2, 1]), [N])
+    return gl.convert_layout(x, layout)
+
+
+@gluon.jit
 def _perm4_rows(x, N: gl.constexpr, layout: gl.constexpr):
     """The (N, 8) operand ``x`` with its rows in :func:`_perm4` order, in ``layout``."""
     x = gl.reshape(gl.permute(gl.reshape(x, [N // 4, 2, 2, 8]), [0, 2, 1, 3]), [N, 8])
@@ -113,14 +122,14 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
-                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx,
+def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
+                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
                 D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
                 STAGES: gl.constexpr):  # fmt: skip
     """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
-    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosts the key high bits (16, 16) and, per
+    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosts the key high bits (16, 16) and the page's slot -> channel map (16,), and, per
     j, the 16 boosted slots' rows of the low (gathered through the slot map ``sidx``) and high value
     planes (64 = 16 j + slot, 16). ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
@@ -152,6 +161,10 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_ba
         hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
         hr = _perm4(hr)
         _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
+        li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+        _cp_async(
+            ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
+        )  # the page's map
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
         gsl = gr % 16
@@ -219,7 +232,6 @@ def _page_kernel_gluon(
     vz_base = VZR + b * s_vsb + h * s_vsh
     sidx = KIDX + b * s_kib + h * s_kih  # + page * s_kip: the page's slot -> channel map
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
-        hs = _perm4(gl.arange(0, NB, layout=gl.SliceLayout(1, lb4)))  # k (slots) in _graw4's order
         qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
     else:
@@ -254,8 +266,10 @@ def _page_kernel_gluon(
     vz_s = gl.allocate_shared_memory(gl.float16, [STAGES, 16, 4 * GS], flat)
     if KBOOST:
         kh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 16, 16], flat)
+        ki_s = gl.allocate_shared_memory(KIDX.dtype.element_ty, [STAGES, 16], flat1)
     else:  # (unused stand-ins)
         kh_s = k_s
+        ki_s = ks_s
     if VBOOST:
         vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
         vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
@@ -263,35 +277,35 @@ def _page_kernel_gluon(
         vl_s = v_s
         vh_s = v_s
     for d in gl.static_range(STAGES - 1):
-        _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s, vh_s, k_base,
-                    s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr,
-                    vh_base, sidx, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+        _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
+                    k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
+                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
     for pg in range(i0, i1):
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
         if VBOOST:  # the boosted channels' plane masks (re-read per page, as below)
             vch = gl.load(sidx + vr + 0 * pg).to(gl.int32)
             lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
-        if KBOOST:
-            # the slot -> channel map re-read per page: held across the loop it made the compiler
-            # keep about 100 more registers (sm_90 compile: 248 vs 134). (Building the next page's
-            # operand during this page was 1-4% slower on the H200: gluon_ahead_s5_h200.json.)
-            hch = gl.load(sidx + pg * s_kip + hs).to(gl.int32)
-            sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
-            qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32)
-            qh = (qfh * sch[:, None] * (4.0 * qk_scale)).to(gl.float16)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
             g = 2 * pg + st
             _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
             _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
-            _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, vl_s,
-                        vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base,
-                        s_khp, s_khr, vh_base, sidx, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+            _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s,
+                        vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
+                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
             slot = g % STAGES
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
                 zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
-                qs = _perm4_rows((qf * sc[:, None]).to(gl.float16), D, lb4)  # k in _graw4's order
+                qs0 = (qf * sc[:, None]).to(gl.float16)
+                qs = _perm4_rows(qs0, D, lb4)  # k in _graw4's order
                 bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
+                if KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
+                    # the page's map came with the step's copy (was a global load per page; gathering
+                    # the rows of qs0 in registers instead: +620 loop instructions of shuffles)
+                    hch = _perm4_vec(ki_s.index(slot), 16, gl.SliceLayout(1, lb4)).to(gl.int32)
+                    sch = gl.load(KSC + ks_base + pg * s_ksp + hch).to(gl.float32)
+                    qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32)
+                    qh = (qfh * sch[:, None] * (4.0 * qk_scale)).to(gl.float16)
             kb = k_s.index(slot).load(la4)  # (16, D) uint8
             vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
             vz_t = vz_s.index(slot).load(lrow)
