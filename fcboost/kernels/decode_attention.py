@@ -19,13 +19,19 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   per-tile cross-warp reduction is the running max. Boosted value channels (a static mask's, with
   their own scale group) reuse the unpacked lo codes with ``p*s1`` and add ``4 (p*s1) . hi`` from
   the dense hi plane in slot order; the epilogue maps slots to channels.
-- ``_rest_kernel``, grid ``(B*H, NREST)``: ``BT``-token tiles of what is left (sink, the partly
-  quantized tail, key buffer, value window, new token), program j taking tiles j, j+NREST, ...
-  (:func:`n_rest`: one tile per program at small batch, one program per (row, head) at large
-  batch), each token from whichever source holds it (a tile reads only the sources its token range
-  meets), rounded to the model dtype as the reference does; without page tiles
-  (head_dim < 64 or page size not a multiple of ``BN``) programs stride over all of a row's tiles.
-  On CUDA it runs on a side stream beside the page kernel.
+- the rest, grid ``(B*H, NREST)`` (:func:`n_rest`: one tile per program at small batch, one program
+  per (row, head) at large batch; program j takes tiles j, j+NREST, ...), on CUDA on a side stream
+  beside the page kernel. Default ``_rest_split_kernel``: the rest is an unordered token set, so it
+  runs two branch-free loops: *16-bit tiles* (the sink, the key buffer / value window past both
+  quantized ranges and the new token; each row's key/value pointer picked per token, one vector load
+  each) and *quantized-tail tiles* (tokens past the last page tile with a quantized key or value,
+  inside one key page, rows permuted so the interleaved value bytes load as vectors; every load
+  issued up front; boosted keys as a K = 16 dot of ``(4 q scale)[idx]`` against the high bits,
+  boosted values as a slot accumulator mapped onto the channels once). ``_rest={"impl": "tiles"}``:
+  the session-5 ``_rest_kernel`` (``BT``-token tiles each reading the sources it meets). Keys and
+  values are rounded to the model dtype as the reference does (the split kernel adds boosted keys'
+  high bits in the logits instead); without page tiles (head_dim < 64 or page size not a multiple of
+  ``BN``) the quantized tail is every quantized token.
 - ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
   log-sum-exp.
 
@@ -45,7 +51,7 @@ import torch
 import triton
 
 from fcboost.kernels.attention_page import _page_kernel
-from fcboost.kernels.attention_rest import _combine_kernel, _rest_kernel
+from fcboost.kernels.attention_rest import _combine_kernel, _rest_kernel, _rest_split_kernel
 from fcboost.kernels.state import PackedKVState
 
 LOG2E = 1.4426950408889634
@@ -86,16 +92,67 @@ def split_count(B: int, H: int, max_tiles: int, n_sm: int, waves: float = 4.0, p
     return min(range(1, min(8, cap) + 1), key=cost)
 
 
-def n_rest(cfg, BN: int, BT: int, paged: bool, n_sm: int, B: int, H: int) -> int:
-    """Rest programs per (row, KV head). With page tiles: about two per SM in all, at most one per
-    rest tile (sink tiles + what can follow the last page tile: < BN tokens, the key buffer or value
-    window (<= max(P, W) + 1) and the new token); each strides over the rest tiles, so a large batch
-    pays one partial per (row, head) instead of one per tile (H200, 64 x 4K kivi: 257 -> 197 us).
-    Without page tiles, enough programs to fill the GPU."""
+def n_rest(
+    cfg, BN: int, BT: int, paged: bool, n_sm: int, B: int, H: int, per_sm: float = 2.0, BTQ: int | None = None
+) -> int:
+    """Rest programs per (row, KV head). With page tiles: about ``per_sm`` per SM in all, at most one
+    per rest tile; each strides over the rest tiles, so a large batch pays one partial per (row, head)
+    instead of one per tile (H200, 64 x 4K kivi: 257 -> 197 us). ``BTQ`` None: the tile kernel's
+    tiles (``BT`` tokens: sink tiles + what can follow the last page tile: < BN tokens, the key
+    buffer or value window (<= max(P, W) + 1) and the new token); else the split kernel's
+    (``BT``-token 16-bit tiles: sink, buffer past both quantized ranges, new token; ``BTQ``-token
+    tiles of the quantized tail, < BN + max(P, W) tokens). Without page tiles, enough programs to
+    fill the GPU."""
     if paged:
-        tiles = -(-cfg.n_sink // BT) + -(-(BN + max(cfg.page_size, cfg.window) + 1) // BT)
-        return max(1, min(tiles, round(2 * n_sm / (B * H))))
-    return max(1, min(64, round(4 * n_sm / (B * H))))
+        pw = max(cfg.page_size, cfg.window)
+        if BTQ is None:
+            tiles = -(-cfg.n_sink // BT) + -(-(BN + pw + 1) // BT)
+        else:
+            tiles = -(-(cfg.n_sink + pw + 2) // BT) + -(-(BN + pw) // BTQ)
+        return max(1, min(tiles, round(per_sm * n_sm / (B * H))))
+    return max(1, min(64, round(2 * per_sm * n_sm / (B * H))))
+
+
+REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg")
+
+
+def rest_options(opts: dict | None, page_size: int) -> dict:
+    """The rest kernel's knobs (``decode_attention(_rest=...)``), checked, defaults filled in.
+
+    ``impl``: ``"split"`` (default; :func:`~fcboost.kernels.attention_rest._rest_split_kernel`:
+    16-bit tokens and the quantized tail in two branch-free loops) or ``"tiles"`` (the session-5
+    ``_rest_kernel``: token-range tiles, each reading the sources it meets). ``bt``: tokens per tile
+    (``"tiles"``: 16, 32 or 64 dividing the page size, default 32 when it divides, else 16;
+    ``"split"``: its 16-bit tiles, 16-128, default 64). ``btq``: the split kernel's quantized-tail
+    tiles (16, 32 or 64 dividing the page size; default 32 when it divides, else 16). ``stages``: the
+    split loops' software pipelining (``tl.range`` num_stages; 1, the default: none). ``per_sm``:
+    rest programs per SM that :func:`n_rest` aims at (default 2). ``maxnreg``: register cap (None:
+    none)."""
+    o = dict(opts or {})
+    bad = sorted(set(o) - set(REST_KEYS))
+    if bad:
+        raise ValueError(f"_rest: unknown keys {bad}; expected some of {list(REST_KEYS)}")
+    fit = 32 if page_size % 32 == 0 else 16
+    impl = o.get("impl", "split")
+    o = {"impl": impl, "bt": 64 if impl == "split" else fit, "btq": fit, "stages": 1, "per_sm": 2.0,
+         "maxnreg": None, **o}  # fmt: skip
+    if impl not in ("split", "tiles"):
+        raise ValueError(f"_rest impl={impl!r}: expected 'split' or 'tiles'")
+    if impl == "tiles" and (o["bt"] not in (16, 32, 64) or page_size % o["bt"]):
+        raise ValueError(
+            f"_rest bt={o['bt']}: the tile kernel needs 16, 32 or 64 dividing page_size={page_size}"
+        )
+    if impl == "split" and o["bt"] not in (16, 32, 64, 128):
+        raise ValueError(f"_rest bt={o['bt']}: expected 16, 32, 64 or 128")
+    if o["btq"] not in (16, 32, 64) or page_size % o["btq"]:
+        raise ValueError(f"_rest btq={o['btq']}: expected 16, 32 or 64 dividing page_size={page_size}")
+    if o["stages"] not in (1, 2, 3, 4):
+        raise ValueError(f"_rest stages={o['stages']}: expected 1..4")
+    if not o["per_sm"] > 0:
+        raise ValueError(f"_rest per_sm={o['per_sm']}: expected > 0")
+    if o["maxnreg"] is not None and o["maxnreg"] not in range(24, 256):
+        raise ValueError(f"_rest maxnreg={o['maxnreg']}: expected None or 24..255")
+    return o
 
 
 def decode_attention(
@@ -117,6 +174,7 @@ def decode_attention(
     rest_warps: int | None = None,
     page_impl: str = "auto",
     _gluon: dict | None = None,
+    _rest: dict | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -138,6 +196,7 @@ def decode_attention(
     interpreter too) or ``"auto"`` (default: Gluon where it serves the call, see
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
     flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168, 0: none).
+    ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`).
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -173,9 +232,9 @@ def decode_attention(
     S, P = c.n_sink, c.page_size
     R = tile_rows
     BN = 4 * R
-    BT = 32 if P % 32 == 0 else 16
-    if P % BT:
+    if P % 16:
         raise ValueError(f"page_size={P} must be a multiple of 16 for the fused kernel")
+    ro = rest_options(_rest, P)
     paged = P % BN == 0 and D >= 64  # dots need R >= 16 tokens and D/4 >= 16 channels
     n_sm = _sm_count(q.device)
     if max_tiles is None:
@@ -202,7 +261,11 @@ def decode_attention(
     else:
         ns = split_count(B, H, n_tiles, n_sm, waves, per_sm)
     ns = ns if paged else 0
-    nr = n_rest(c, BN, BT, paged, n_sm, B, H) if rest_programs is None else rest_programs
+    split = ro["impl"] == "split"
+    if rest_programs is None:
+        nr = n_rest(c, BN, ro["bt"], paged, n_sm, B, H, ro["per_sm"], ro["btq"] if split else None)
+    else:
+        nr = rest_programs
     if nr < 1:
         raise ValueError(f"rest_programs={rest_programs}: expected >= 1")
     nslot = ns + nr
@@ -237,7 +300,7 @@ def decode_attention(
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
 
     def launch_rest():
-        _rest_kernel[(B * H, nr)](
+        common = (
             q, q.stride(0), q.stride(1),
             st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
             st.k_buf, *st.k_buf.stride()[:3],
@@ -247,10 +310,19 @@ def decode_attention(
             st.n_real, st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nr, nslot,
-            GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, BT=BT, NB=nb, NBP=NBP,
-            KBOOST=kboost, VBOOST=vboost, PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None,
-            num_warps=rest_warps or 4, num_stages=1,
         )  # fmt: skip
+        meta = dict(GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, NB=nb, NBP=NBP, KBOOST=kboost, VBOOST=vboost,
+                    PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None, num_warps=rest_warps or 4,
+                    **({"maxnreg": ro["maxnreg"]} if ro["maxnreg"] else {}))  # fmt: skip
+        if split:
+            _rest_split_kernel[(B * H, nr)](
+                *common, BTF=ro["bt"], BTQ=ro["btq"], NBV=max(32, NBP), STAGES=ro["stages"],
+                ALIGNED=_rows_aligned(st.sink_k, st.sink_v, st.k_buf, st.v_win, kn, vn)
+                and all(x % 16 == 0 for x in (*st.v_lo.stride()[2:4], *vhs[2:4])),
+                num_stages=ro["stages"], **meta,
+            )  # fmt: skip
+        else:
+            _rest_kernel[(B * H, nr)](*common, BT=ro["bt"], num_stages=1, **meta)
 
     if side is None:
         launch_rest()
@@ -323,7 +395,14 @@ def gluon_unsupported(q: torch.Tensor, st: PackedKVState, tile_rows: int | None 
         byte_strides += st.k_hi.stride()[:4]
     if st.v_hi is not None:
         byte_strides += st.v_hi.stride()[:2]
+    if st.k_hi is not None:  # the slot -> channel map rides each step's copy: 16-element strides
+        idx = st.k_idx if st.k_idx is not None else st.boost_idx
+        byte_strides += [x for x in idx.stride()[:-1]]  # (elements: Triton specializes multiples of 16)
+        if idx.dtype != torch.int16 or idx.stride(-1) != 1:
+            return f"needs the boosted-channel map as contiguous int16 rows; got {idx.dtype}, strides {idx.stride()}"
     tensors = [st.k_lo, st.v_lo, st.k_scale, st.k_zero, st.v_scale, st.v_zero, st.k_hi, st.v_hi]
+    if st.k_hi is not None:
+        tensors.append(st.k_idx if st.k_idx is not None else st.boost_idx)
     if (
         st.v_scale.stride()[2:] != (G, 1)
         or st.k_scale.stride(-1) != 1
@@ -334,6 +413,14 @@ def gluon_unsupported(q: torch.Tensor, st: PackedKVState, tile_rows: int | None 
     ):
         return "needs 16-byte aligned storage with contiguous rows (cp.async)"
     return None
+
+
+def _rows_aligned(*ts: torch.Tensor) -> bool:
+    """Every row (last dim) of these 16-bit tensors starts 16-byte aligned: pointers and all strides
+    but the last are multiples of 16 bytes (the split rest kernel's vector-load hint)."""
+    return all(
+        t.data_ptr() % 16 == 0 and all(x * t.element_size() % 16 == 0 for x in t.stride()[:-1]) for t in ts
+    )
 
 
 _SM: dict = {}

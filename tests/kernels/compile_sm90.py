@@ -80,6 +80,11 @@ def main() -> None:
             rest = dict(GQ=4, BM=16, D=D, S=32, P=128, BN=4 * R, BT=32, NB=nb, NBP=16, KBOOST=kb, VBOOST=vb,
                         PAGED=True, HAS_NEW=new, KDYN=kdyn)  # fmt: skip
             build(ar._rest_kernel, ptrs, rest, num_warps=4, num_stages=1)
+            for stages in (1, 2):  # the split rest kernel (the default) with and without pipelining
+                split = {k: v for k, v in rest.items() if k != "BT"}
+                split.update(BTF=64, BTQ=32, NBV=32, STAGES=stages, ALIGNED=True)
+                k = build(ar._rest_split_kernel, ptrs, split, num_warps=4, num_stages=stages)
+                print("rest split", dt, kb, vb, kdyn, D, f"stages {stages}:", usage(k), flush=True)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
             ar._combine_kernel,
@@ -160,7 +165,7 @@ def main() -> None:
         aligned = {
             (i,): [["tt.divisibility", 16]]
             for i, n in enumerate(fn.arg_names)
-            if n in gp or (n.startswith("s_") and n not in ("s_kib", "s_kip"))
+            if n in gp or n.startswith("s_")  # (k_idx strides too: gluon_unsupported checks them)
         }
         k = triton.compile(
             GluonASTSource(fn, sig, constexprs=consts, attrs=aligned),

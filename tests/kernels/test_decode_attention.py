@@ -104,6 +104,86 @@ def test_rest_programs_do_not_change_result(programs, device):
     assert ((out - ref).norm() / ref.norm()) < 1e-3
 
 
+@pytest.mark.parametrize("impl", ["split", "tiles"])
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize("R", [16, 64])
+def test_rest_kernel_sources(method, impl, R, device):
+    """Window 64 < page 128, so some rest tokens have a 16-bit key (buffer) beside a quantized value
+    (rows 133 and 500) and others the reverse. tile_rows 64 (page tiles of 256 tokens do not fit a
+    128-token page) leaves every token to the rest kernel; tile_rows 16 leaves it the usual tail."""
+    cfg = _cfg(method, n_sink=32, page_size=128, window=64)
+    _check(cfg, [1, 40, 133, 289, 500], H=1, G=4, D=64, dtype=torch.float16, device=device, n_splits=2,
+           tile_rows=R, _rest={"impl": impl})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rest,programs",
+    [
+        ({"bt": 16, "btq": 16}, None),
+        ({"bt": 128, "btq": 64}, 1),
+        ({"bt": 32, "btq": 32, "stages": 2}, 3),
+        ({"per_sm": 0.01}, None),  # one program per (row, head): strides over every tile
+    ],
+)
+def test_split_rest_variants(rest, programs, device):
+    """The split rest kernel's tile sizes, pipelining and program counts do not change the result
+    (static mask with boosted values: every source and both boosted paths)."""
+    cfg = _cfg("static", **PAPER)
+    _check(cfg, [1, 33, 161, 289, 700], H=1, G=4, D=64, dtype=torch.bfloat16, device=device, n_splits=2,
+           tile_rows=16, rest_programs=programs, _rest=rest)  # fmt: skip
+
+
+def test_rest_options_validate():
+    from fcboost.kernels.decode_attention import rest_options
+
+    assert rest_options(None, 128) == {"impl": "split", "bt": 64, "btq": 32, "stages": 1, "per_sm": 2.0,
+                                       "maxnreg": None}  # fmt: skip
+    assert rest_options({"impl": "tiles"}, 48)["bt"] == 16
+    with pytest.raises(ValueError, match=r"unknown keys \['bq', 'warps'\]"):
+        rest_options({"bq": 32, "warps": 8}, 128)
+    with pytest.raises(ValueError, match="impl='tile'"):
+        rest_options({"impl": "tile"}, 128)
+    with pytest.raises(ValueError, match="btq=64"):
+        rest_options({"btq": 64}, 96)
+    with pytest.raises(ValueError, match="bt=128"):
+        rest_options({"impl": "tiles", "bt": 128}, 128)
+    with pytest.raises(ValueError, match="stages=0"):
+        rest_options({"stages": 0}, 128)
+
+
+def test_n_rest_split_geometry():
+    """Split-kernel tile bound: paper config (S=32, P=W=128), BN=128, 16-bit tiles of 64, tail tiles of
+    32: ceil((32 + 128 + 2) / 64) + ceil((128 + 128) / 32) = 3 + 8 = 11 per (row, head) at most."""
+    from fcboost.kernels.decode_attention import n_rest
+
+    cfg = _cfg("kivi", **PAPER)
+    assert n_rest(cfg, 128, 64, True, 132, 1, 8, BTQ=32) == 11  # 1 x 32K: round(264 / 8) = 33 -> 11
+    assert n_rest(cfg, 128, 64, True, 132, 8, 8, BTQ=32) == 4  # 8 x 32K: round(264 / 64)
+    assert n_rest(cfg, 128, 64, True, 132, 64, 8, BTQ=32) == 1
+    assert n_rest(cfg, 128, 32, True, 132, 1, 8) == 10  # the tile kernel: 1 + ceil(257 / 32)
+    assert n_rest(cfg, 128, 64, False, 132, 2, 8, BTQ=32) == 33  # no page tiles: 4 per SM
+
+
+def test_rows_aligned():
+    from fcboost.kernels.decode_attention import _rows_aligned
+
+    x = torch.zeros(2, 3, 72, dtype=torch.float16)
+    assert _rows_aligned(x, x[:, :, :64])
+    assert not _rows_aligned(x[:, :, 1:65])  # a 2-byte offset
+    assert not _rows_aligned(torch.zeros(2, 3, 36, dtype=torch.float16)[:, :, :32])  # 72-byte rows
+
+
+def test_unaligned_new_token(device):
+    """k_new / v_new views 2 bytes off 16-byte alignment: the split kernel drops its vector hint."""
+    st = random_state(_cfg("kivi", **PAPER), [161, 33], 2, 64, torch.float16, device, seed=7)
+    q = torch.randn(2, 4, 64, device=device).to(torch.float16)
+    big = torch.randn(2, 2, 2, 72, device=device).to(torch.float16)
+    kn, vn = big[:, :, 0, 1:65], big[:, :, 1, 1:65]
+    ref = decode_attention_reference(q, st, 0.125, kn, vn)
+    out = decode_attention(q, st, 0.125, kn, vn, n_splits=1).float()
+    assert ((out - ref).norm() / ref.norm()) < 1e-3
+
+
 def test_bad_input_raises(device):
     st = random_state(_cfg("kivi", **PAPER), [5], 2, 64, torch.float16, device)
     with pytest.raises(ValueError, match="dtype"):
@@ -127,6 +207,8 @@ def test_bad_input_raises(device):
         decode_attention(q, st, 0.125, page_impl="gluon")
     with pytest.raises(ValueError, match="_gluon="):  # the experiment's knob without its kernel
         decode_attention(q, st, 0.125, _gluon={"vil2": None})
+    with pytest.raises(ValueError, match=r"_rest: unknown keys \['btf'\]"):
+        decode_attention(q, st, 0.125, _rest={"btf": 64})
 
 
 @pytest.mark.gpu
@@ -164,6 +246,25 @@ def test_qwen3_8b_shape(method, impl, use_asm):
     for dtype in (torch.bfloat16, torch.float16):
         _check(_cfg(method), [32768, 20001, 4097, 289, 1], H=8, G=4, D=128, dtype=dtype, device="cuda",
                seed=5, use_asm=use_asm, page_impl=impl)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize(
+    "rest,warps",
+    [
+        ({"impl": "tiles"}, None),
+        ({"stages": 2}, None),
+        ({"bt": 32, "btq": 16, "maxnreg": 128}, None),
+        ({"btq": 64, "per_sm": 4}, 8),
+    ],
+)
+def test_rest_variants_qwen3_8b_shape(method, rest, warps):
+    """The rest kernel's variants (the probe's A/B) at the Qwen3-8B shape, ragged rows, both dtypes."""
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(_cfg(method), [32768, 4097, 1000, 289, 161, 33, 1], H=8, G=4, D=128, dtype=dtype,
+               device="cuda", seed=3, _rest=rest, rest_warps=warps)  # fmt: skip
 
 
 def test_gluon_unsupported_names_the_reason():
