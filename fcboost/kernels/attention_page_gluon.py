@@ -221,7 +221,9 @@ def _page_kernel_gluon(
     i0 = split * per
     i1 = gl.minimum(i0 + per, nft)
     # (q s)^T: B operand (D channels x 8 heads), heads >= GQ zero
+    qc = gl.arange(0, D, layout=gl.SliceLayout(1, lb4))
     qg = gl.arange(0, 8, layout=gl.SliceLayout(0, lb4))
+    q_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + qc[:, None]
     qmask = (qg < GQ)[None, :]
     k_base = KLO + b * s_klb + h * s_klh
     ks_base = b * s_ksb + h * s_ksh
@@ -274,17 +276,15 @@ def _page_kernel_gluon(
     else:
         vl_s = v_s
         vh_s = v_s
-    # the query rows (heads >= GQ zero-filled), copied once: part of the first step's commit group
-    lq: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
-    qr = gl.arange(0, 8, layout=gl.SliceLayout(1, lq))
-    qd = gl.arange(0, D, layout=gl.SliceLayout(0, lq))
-    q_s = gl.allocate_shared_memory(Q.dtype.element_ty, [8, D], flat)
-    _cp_async(q_s, Q + b * s_qb + (h * GQ + qr)[:, None] * s_qh + qd[None, :], mask=(qr < GQ)[:, None])
     for d in gl.static_range(STAGES - 1):
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
                     k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
                     s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
     for pg in range(i0, i1):
+        qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
+        if VBOOST:  # the boosted channels' plane masks (re-read per page, as below)
+            vch = gl.load(sidx + vr + 0 * pg).to(gl.int32)
+            lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
             g = 2 * pg + st
             _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
@@ -294,15 +294,11 @@ def _page_kernel_gluon(
                         kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
             slot = g % STAGES
             if st == 0:
-                qf = q_s.permute([1, 0]).load(lb4).to(gl.float32) * qk_scale  # (D, 8): heads >= GQ zero
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
                 zr = kz_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
                 qs0 = (qf * sc[:, None]).to(gl.float16)
                 qs = _perm4_rows(qs0, D, lb4)  # k in _graw4's order
                 bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
-                if VBOOST:  # the boosted value channels' plane masks (the static map, from the step's copy)
-                    vch = ki_s.index(slot).load(gl.SliceLayout(1, la4)).to(gl.int32)
-                    lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
                 if KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
                     # the page's map came with the step's copy (was a global load per page; gathering
                     # the rows of qs0 in registers instead: +620 loop instructions of shuffles)
