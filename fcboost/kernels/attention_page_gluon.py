@@ -10,8 +10,9 @@ MMA fragment layout: the **codes are the A operand** (16 tokens, or 16 value cha
 block) and the **query heads the N = 8 columns** (GQA 4 pads to 8: half the MMAs, accumulator
 registers and softmax lanes), each thread reads exactly the bytes of its fragment (4 consecutive k per
 32-bit word with ``k_width=4``; the value planes' interleaved storage, :mod:`fcboost.quant.layout`,
-makes a thread's four tokens of a channel byte one word) and unpacks them in place (4 codes -> 2 half2
-registers, the subnormal trick of ``attention_page._raw``), the probabilities go from the scores'
+makes a thread's four tokens of a channel byte one word) and unpacks all four planes of a word in
+place (one ``shr`` and eight ``and``: exact fp16 subnormals, :func:`_graw4`; the k order this leaves is
+matched by permuting the other operand's rows, :func:`_perm4`), the probabilities go from the scores'
 accumulator layout to the B operand of ``O^T = V^T . P^T`` through one ``stmatrix``/``ldmatrix``
 transpose, no cross-warp reductions exist, and the accumulators are rescaled only when a head's
 maximum grows.

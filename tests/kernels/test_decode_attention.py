@@ -104,7 +104,9 @@ def test_rest_programs_do_not_change_result(programs, device):
     assert ((out - ref).norm() / ref.norm()) < 1e-3
 
 
-@pytest.mark.parametrize("impl", ["split", "tiles"])
+@pytest.mark.parametrize(
+    "impl", ["split", pytest.param("tiles", marks=pytest.mark.slow)]
+)  # tiles: not default
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
 @pytest.mark.parametrize("R", [16, 64])
 def test_rest_kernel_sources(method, impl, R, device):
@@ -120,8 +122,8 @@ def test_rest_kernel_sources(method, impl, R, device):
     "rest,programs",
     [
         ({"bt": 16, "btq": 16}, None),
-        ({"bt": 128, "btq": 64}, 1),
-        ({"bt": 32, "btq": 32, "stages": 2}, 3),
+        pytest.param({"bt": 128, "btq": 64}, 1, marks=pytest.mark.slow),
+        pytest.param({"bt": 32, "btq": 32, "stages": 2}, 3, marks=pytest.mark.slow),
         ({"per_sm": 0.01}, None),  # one program per (row, head): strides over every tile
     ],
 )
