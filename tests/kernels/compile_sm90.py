@@ -173,6 +173,24 @@ def main() -> None:
             options=dict(num_warps=1, maxnreg=168),
         )
         print(f"gluon page ({name})", usage(k), f"{k.metadata.shared} B shared", flush=True)
+    # the key-page pack kernel the launcher picks (the pair kernel for bf16 keys), specialized on the
+    # arguments of a batch-64 page as benchmarks/pack_probe.py builds them
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "pack_probe.py"
+    spec = importlib.util.spec_from_file_location("pack_probe", path)
+    pp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pp)
+    for name in pp.METHODS:
+        cfg, st, src, rows, zeros, page = pp.setup(name, "cpu", batch=4)
+        kernel, _, kargs, consts = qp._key_pack_plan(
+            src, rows, zeros, page, lo=st.k_lo, scale=st.k_scale, zero=st.k_zero, bits=cfg.key_bits,
+            boost_bits=cfg.boost_bits, hi=st.k_hi, idx=st.k_idx if st.k_idx is not None else st.boost_idx,
+            dynamic=st.k_idx is not None, n_boost=st.n_boost if st.k_hi is not None else 0,
+        )  # fmt: skip
+        k = pp.compile_sm90(kernel, kargs, consts)
+        print("pack keys (default)", name, kernel.fn.__name__, usage(k), flush=True)
     print("ALL COMPILED")
 
 
