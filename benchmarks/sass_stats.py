@@ -58,7 +58,7 @@ def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: i
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int = 168):
+def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int | None = None):
     """The Gluon page kernel as ``decode_attention`` launches it (one warp, 16-byte aligned storage)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -68,7 +68,10 @@ def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int = 168):
     consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages)
     sig, attrs = _specialize(fn, consts)  # k_idx strides: multiples of 16 (16 slots; gluon_unsupported)
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, maxnreg=maxnreg))
+    if maxnreg is None:  # the launcher's default: uncapped with boosted values, else 168
+        maxnreg = 0 if method == "static" else 168
+    opts = dict(num_warps=1, **({"maxnreg": maxnreg} if maxnreg else {}))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
 def _tool(name: str) -> str:

@@ -195,7 +195,8 @@ def decode_attention(
     KV head, no boost or 16 boosted channels; CUDA, sm_80+), ``"triton"`` (every configuration; the
     interpreter too) or ``"auto"`` (default: Gluon where it serves the call, see
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
-    flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168, 0: none).
+    flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168; with boosted
+    values none; 0: none).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`).
     """
     if page_impl not in ("auto", "triton", "gluon"):
@@ -335,7 +336,9 @@ def decode_attention(
     if ns and gluon:
         from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
-        reg = gk.get("maxnreg", 168)  # H200: the 168-register cap is best or equal for every variant
+        # H200: boosted values run best uncapped (1-2% faster than 168 at every shape since the
+        # session-6 kernel, gluon_regs_s6_h200.json); the rest with the 168-register cap
+        reg = gk.get("maxnreg", 0 if vboost else 168)
         _page_kernel_gluon[(B * H, ns)](
             q, q.stride(0), q.stride(1),
             st.k_lo, *st.k_lo.stride()[:4],
