@@ -20,16 +20,14 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 
 import torch
 import triton
 
-from fcboost.kernels.quant_pack import _key_pack_plan, pack_keys_into
+from fcboost.kernels.quant_pack import _key_pack_plan, key_storage, pack_keys_into
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 from fcboost.quant.mixed import quantize_key_pages
@@ -158,10 +156,6 @@ def gpu(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ offline
-def _tool(name: str) -> str:
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
-
-
 _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.uint8: "*u8",
         torch.int16: "*i16", torch.int32: "*i32"}  # fmt: skip
 
@@ -197,15 +191,9 @@ def compile_sm90(kernel, args, consts):
 def sass_stats(cubin: bytes) -> dict:
     """Registers, stack, SASS instructions (all; main: without the division slow-path subroutine and
     NOPs) and the bodies of the backward branches (loops)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        res = subprocess.run(
-            [_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True
-        ).stdout
-        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", res)
-    lines = sass.splitlines()
+    from sass_stats import disassemble  # benchmarks/ (the script's directory)
+
+    regs, stack, lines = disassemble(cubin)
     total, main, in_sub = 0, 0, False
     ops = collections.Counter()
     for x in lines:
@@ -228,7 +216,7 @@ def sass_stats(cubin: bytes) -> dict:
             ]
             if len(body) > 2:
                 loops.append(len(body))
-    return dict(regs=int(m.group(1)), stack=int(m.group(2)), sass=total, main=main, loops=loops,
+    return dict(regs=regs, stack=stack, sass=total, main=main, loops=loops,
                 ops=ops.most_common(10))  # fmt: skip
 
 
@@ -239,11 +227,7 @@ def offline(args) -> dict:
         for vname, kw in VARIANTS[name].items():
             if args.variants and vname not in args.variants:
                 continue
-            plan = _key_pack_plan(
-                src, rows, zeros, page, lo=st.k_lo, scale=st.k_scale, zero=st.k_zero, bits=cfg.key_bits,
-                boost_bits=cfg.boost_bits, hi=st.k_hi, idx=st.k_idx if st.k_idx is not None else st.boost_idx,
-                dynamic=st.k_idx is not None, n_boost=st.n_boost if st.k_hi is not None else 0, **kw,
-            )  # fmt: skip
+            plan = _key_pack_plan(src, rows, zeros, page, **key_storage(st), **kw)
             kernel, grid, kargs, consts = plan
             s = sass_stats(compile_sm90(kernel, kargs, consts).asm["cubin"])
             # executed per thread, estimated: loop bodies times their trip counts (the codes pass's

@@ -109,17 +109,10 @@ def _specialize_rest(fn, consts: dict, ptrs: dict):
 def _loops(cubin: bytes) -> list:
     """(instructions, HMMA) of every backward branch's body longer than 20 instructions, in order."""
     import re
-    import subprocess
-    import tempfile
 
-    from sass_stats import _tool
+    from sass_stats import disassemble
 
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        lines = subprocess.run(
-            [_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True
-        ).stdout.splitlines()
+    lines = disassemble(cubin)[2]
     labels = {x.strip()[1:-1]: k for k, x in enumerate(lines) if re.match(r"^\.L_x_\d+:$", x.strip())}
     out = []
     for i, line in enumerate(lines):

@@ -78,7 +78,8 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def loop_stats(cubin: bytes) -> dict:
+def disassemble(cubin: bytes) -> tuple[int, int, list[str]]:
+    """Registers, spill stack (bytes) and SASS lines of a cubin (Triton's bundled cuobjdump, nvdisasm)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -87,7 +88,11 @@ def loop_stats(cubin: bytes) -> dict:
         ).stdout
         sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", res)
-    lines = sass.splitlines()
+    return int(m.group(1)), int(m.group(2)), sass.splitlines()
+
+
+def loop_stats(cubin: bytes) -> dict:
+    regs, stack, lines = disassemble(cubin)
     best: list[str] = []
     for i, line in enumerate(lines):  # the longest backward conditional branch is the page loop
         b = re.search(r"@!?P\d+\s+BRA\s+`\(\.(L_x_\d+)\)", line)
@@ -101,7 +106,7 @@ def loop_stats(cubin: bytes) -> dict:
     for x in best:
         op = re.sub(r"^@!?U?P\w+\s+", "", re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", x)).split()[0]
         ops[op.split(".")[0]] += 1
-    return dict(regs=int(m.group(1)), stack=int(m.group(2)), loop=sum(ops.values()), ops=ops.most_common(12))
+    return dict(regs=regs, stack=stack, loop=sum(ops.values()), ops=ops.most_common(12))
 
 
 def main() -> None:

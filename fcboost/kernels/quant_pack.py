@@ -1040,24 +1040,24 @@ def pack_keys_into(
     ``k_lo``, ``k_scale``, ``k_zero``, ``k_hi`` (None: no boost), ``k_idx`` (Kitty, else None),
     ``boost_idx`` (a static mask's, else None) and ``n_boost`` (both cache layers and
     :class:`fcboost.kernels.state.PackedKVState` have them)."""
-    c = st.cfg
     pack_key_pages(
-        src,
-        rows,
-        src_tok,
-        dst_page,
+        src, rows, src_tok, dst_page, **key_storage(st), block_channels=block_channels, num_warps=num_warps,
+        _variant=_variant,
+    )  # fmt: skip
+
+
+def key_storage(st) -> dict:
+    """:func:`pack_key_pages`'s storage keywords for a layer's storage ``st`` (see :func:`pack_keys_into`)."""
+    return dict(
         lo=st.k_lo,
         scale=st.k_scale,
         zero=st.k_zero,
-        bits=c.key_bits,
-        boost_bits=c.boost_bits,
+        bits=st.cfg.key_bits,
+        boost_bits=st.cfg.boost_bits,
         hi=st.k_hi,
         idx=st.k_idx if st.k_idx is not None else st.boost_idx,
         dynamic=st.k_idx is not None,
         n_boost=st.n_boost if st.k_hi is not None else 0,
-        block_channels=block_channels,
-        num_warps=num_warps,
-        _variant=_variant,
     )
 
 

@@ -183,12 +183,8 @@ def main() -> None:
     pp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pp)
     for name in pp.METHODS:
-        cfg, st, src, rows, zeros, page = pp.setup(name, "cpu", batch=4)
-        kernel, _, kargs, consts = qp._key_pack_plan(
-            src, rows, zeros, page, lo=st.k_lo, scale=st.k_scale, zero=st.k_zero, bits=cfg.key_bits,
-            boost_bits=cfg.boost_bits, hi=st.k_hi, idx=st.k_idx if st.k_idx is not None else st.boost_idx,
-            dynamic=st.k_idx is not None, n_boost=st.n_boost if st.k_hi is not None else 0,
-        )  # fmt: skip
+        _, st, src, rows, zeros, page = pp.setup(name, "cpu", batch=4)
+        kernel, _, kargs, consts = qp._key_pack_plan(src, rows, zeros, page, **qp.key_storage(st))
         k = pp.compile_sm90(kernel, kargs, consts)
         print("pack keys (default)", name, kernel.fn.__name__, usage(k), flush=True)
     print("ALL COMPILED")

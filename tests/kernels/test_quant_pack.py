@@ -36,52 +36,12 @@ def _mask(H: int, D: int, g: torch.Generator, nb: int = NB) -> torch.Tensor:
 @pytest.mark.parametrize("nb", [NB, 6])
 def test_key_pages_bitwise(mode, D, dtype, P, block, nb, device):
     g = torch.Generator().manual_seed(hash((mode, D)) % 2**31)
-    B, H, NP = 3, 2, 4
+    B, H = 3, 2
     src = (torch.randn(B, H, P + 7, D, generator=g) * 3).to(dtype)
     src[1, 0, 5 : 5 + P, 3] = 0.5  # a constant channel: scale 0 -> 1
-    src = src.to(device)
-    lo = torch.zeros(B, H, NP, P // 4, D, dtype=torch.uint8, device=device)
-    sc, zr = (torch.zeros(B, H, NP, D, dtype=torch.float16, device=device) for _ in range(2))
-    hi = None if mode == "none" else torch.zeros(B, H, NP, P // 4, nb, dtype=torch.uint8, device=device)
-    mask = _mask(H, D, g, nb)
-    sidx = boost_index(mask, nb).to(torch.int16)
-    idx = {"none": None, "dynamic": torch.zeros(B, H, NP, nb, dtype=torch.int16), "static": sidx}[mode]
-    idx = None if idx is None else idx.to(device)
     entries = [(0, 0, 1), (2, 3, 3), (1, 5, 0)]  # (row, first token, page)
-    rows, toks, pages = zip(*entries)
-    pack_key_pages(
-        src,
-        rows,
-        toks,
-        pages,
-        lo=lo,
-        scale=sc,
-        zero=zr,
-        bits=2,
-        boost_bits=4,
-        hi=hi,
-        idx=idx,
-        dynamic=mode == "dynamic",
-        n_boost=0 if hi is None else nb,
-        block_channels=None if block is None or mode == "dynamic" else min(block, D),
-    )
-    for b, t0, pg in entries:
-        page = src[b, :, t0 : t0 + P].cpu().unsqueeze(1)  # (H, 1, P, D)
-        isb = {
-            "none": None,
-            "dynamic": DynamicMagnitude(nb).key_boost(page) if mode == "dynamic" else None,
-            "static": mask.unsqueeze(1),
-        }[mode]
-        pk = quantize_key_pages(page, 2, 4, isb, 0 if isb is None else nb)
-        assert torch.equal(pk.lo[:, 0], lo[b, :, pg].cpu()), f"lo codes differ, row {b} page {pg}"
-        assert torch.equal(pk.scale[:, 0], sc[b, :, pg].cpu()), f"scales differ, row {b}"
-        assert torch.equal(pk.zero[:, 0], zr[b, :, pg].cpu()), f"zeros differ, row {b}"
-        if hi is not None:
-            assert torch.equal(pk.hi[:, 0], hi[b, :, pg].cpu()), f"hi codes differ, row {b}"
-            if mode == "dynamic":
-                assert torch.equal(pk.idx[:, 0].to(torch.int16), idx[b, :, pg].cpu()), (
-                    "Kitty's channel slots differ"
-                )
+    bc = None if block is None or mode == "dynamic" else min(block, D)
+    _pack_and_check(src.to(device), entries, mode, nb, P=P, block_channels=bc)
 
 
 @pytest.mark.parametrize("boost", [False, True])
