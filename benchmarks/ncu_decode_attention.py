@@ -2,7 +2,7 @@
 
 ncu --launch-skip 3 --launch-count 3 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
 Extra ``key=value`` arguments go to ``decode_attention``; ``gluon=True`` runs the Gluon page kernel,
-with ``stages=N`` and ``maxnreg=N`` as its knobs.
+with ``stages=N``, ``maxnreg=N`` and ``dup=False`` as its knobs (else the launcher's defaults).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if __name__ == "__main__":
     cfg, dev = METHODS[name], torch.device("cuda")
     st = random_state(cfg, [T - 1] * B, 8, 128, torch.bfloat16, dev, seed=1)
     if kw.pop("gluon", False):
-        g = {"stages": kw.pop("stages", 2), "maxnreg": kw.pop("maxnreg", 168)}
+        g = {k: kw.pop(k) for k in ("stages", "maxnreg", "dup") if k in kw}  # else the launcher's defaults
         kw.update(page_impl="gluon", _gluon=g)
     q = torch.randn(B, 32, 128, device=dev, dtype=torch.bfloat16)
     kn, vn = (torch.randn(B, 8, 128, device=dev, dtype=torch.bfloat16) for _ in range(2))

@@ -58,14 +58,16 @@ def compile_page_kernel(method: str, num_warps: int, num_stages: int, maxnreg: i
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int | None = None):
+def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int | None = None, **extra):
     """The Gluon page kernel as ``decode_attention`` launches it (one warp, 16-byte aligned storage)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from fcboost.kernels import attention_page_gluon as apg
 
     fn = apg._page_kernel_gluon
-    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages)
+    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=method == "static", STAGES=stages,
+                  DUP=method == "static")  # the launcher's default for GQ <= 4
+    consts.update(extra)
     sig, attrs = _specialize(fn, consts)  # k_idx strides: multiples of 16 (16 slots; gluon_unsupported)
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)
     if maxnreg is None:  # the launcher's default: uncapped with boosted values, else 168

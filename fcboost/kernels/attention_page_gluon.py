@@ -191,7 +191,7 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
-    STAGES: gl.constexpr = 2,
+    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -203,7 +203,13 @@ def _page_kernel_gluon(
     channels' ``4 q s``; the channels per page from ``KIDX``: Kitty's, or a static mask's with page
     stride 0); ``VBOOST`` (static masks) adds, per value block, two 16-row A tiles: the boosted
     channels' low bits (rows gathered by the copy, a plane mask per row) and their high bits, both
-    against ``P^T`` weighted by the group-1 scales."""
+    against ``P^T`` weighted by the group-1 scales.
+
+    ``DUP`` (boosted values, GQ <= 4): the N = 8 columns carry the GQ heads twice (columns 4 + g repeat
+    head g: the same scores and probabilities), and ``P^T`` is weighted per column, by the group-0
+    value scales in columns 0-3 and the group-1 scales in columns 4-7, so one transpose feeds both the
+    plane MMAs (columns 0-3 kept) and the boosted-value MMAs (columns 4-7 kept), and the zeros of both
+    groups share one accumulator; else the boosted values take a second ``P^T`` of their own."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
@@ -224,8 +230,9 @@ def _page_kernel_gluon(
     # (q s)^T: B operand (D channels x 8 heads), heads >= GQ zero
     qc = gl.arange(0, D, layout=gl.SliceLayout(1, lb4))
     qg = gl.arange(0, 8, layout=gl.SliceLayout(0, lb4))
-    q_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh + qc[:, None]
-    qmask = (qg < GQ)[None, :]
+    qhd = qg % 4 if DUP else qg  # column -> head (DUP: columns 4 + g repeat head g)
+    q_ptr = Q + b * s_qb + (h * GQ + qhd)[None, :] * s_qh + qc[:, None]
+    qmask = (qhd < GQ)[None, :]
     k_base = KLO + b * s_klb + h * s_klh
     ks_base = b * s_ksb + h * s_ksh
     v_base = VLO + b * s_vlb + h * s_vlh
@@ -233,7 +240,7 @@ def _page_kernel_gluon(
     vz_base = VZR + b * s_vsb + h * s_vsh
     sidx = KIDX + b * s_kib + h * s_kih  # + page * s_kip: the page's slot -> channel map
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
-        qh_ptr = Q + b * s_qb + (h * GQ + qg)[None, :] * s_qh
+        qh_ptr = Q + b * s_qb + (h * GQ + qhd)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
     else:
         kh_base = k_base
@@ -245,6 +252,7 @@ def _page_kernel_gluon(
         ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
         ob_hi = gl.zeros([NB, 8], gl.float32, layout=mma)
         z1_acc = gl.zeros([16, 8], gl.float32, layout=mma)
+        c_hi = (gl.arange(0, 8, layout=cols_l) >= 4)[None, :]  # DUP: the group-1 columns
     else:
         vh_base = v_base
     m_i = gl.full([8], float("-inf"), gl.float32, layout=cols_l)
@@ -338,7 +346,8 @@ def _page_kernel_gluon(
                 if VBOOST:
                     ob_lo *= alpha[None, :]
                     ob_hi *= alpha[None, :]
-                    z1_acc *= alpha[None, :]
+                    if not DUP:
+                        z1_acc *= alpha[None, :]
                 m_i = m_new
             for j in gl.static_range(4):
                 if j == 0:
@@ -353,8 +362,14 @@ def _page_kernel_gluon(
                 vsj = _col(vs_t, j * GS, GS, rows_l)
                 vzj = _col(vz_t, j * GS, GS, rows_l)
                 l_acc += pj
-                z_acc += pj * vzj[:, None]
-                pb = gl.convert_layout((pj * vsj[:, None]).to(gl.float16), lb4)  # B operand: (tokens, heads)
+                if DUP:  # columns 4-7: group 1 (a thread's two columns are on one side)
+                    vsj2 = gl.where(c_hi, _col(vs_t, j * GS + 1, GS, rows_l)[:, None], vsj[:, None])
+                    vzj2 = gl.where(c_hi, _col(vz_t, j * GS + 1, GS, rows_l)[:, None], vzj[:, None])
+                else:
+                    vsj2 = vsj[:, None]
+                    vzj2 = vzj[:, None]
+                z_acc += pj * vzj2
+                pb = gl.convert_layout((pj * vsj2).to(gl.float16), lb4)  # B operand: (tokens, heads)
                 va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)  # (D/4 channel bytes, 16 tokens)
                 v0, v1, v2, v3 = _graw4(va)  # k (tokens m) in _perm4 order, as the rows of P^T
                 acc0 = mma_v2(v0, pb, acc0)
@@ -362,12 +377,15 @@ def _page_kernel_gluon(
                 acc2 = mma_v2(v2, pb, acc2)
                 acc3 = mma_v2(v3, pb, acc3)
                 if VBOOST:
-                    vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
-                    vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
                     vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
                     vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)
-                    z1_acc += pj * vz1[:, None]
-                    pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
+                    if DUP:
+                        pb1 = pb
+                    else:
+                        vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
+                        vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
+                        z1_acc += pj * vz1[:, None]
+                        pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
                     ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
@@ -393,13 +411,19 @@ def _page_kernel_gluon(
         gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk & nb1[:, None])
         gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk & nb2[:, None])
         gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk & nb3[:, None])
-        zs1 = gl.sum(z1_acc, axis=0)
         bs = gl.arange(0, NB, layout=rows_l)
         bch = gl.load(sidx + bs + after).to(gl.int32)
         f_lo = U / (1 << (2 * (bch % 4))).to(gl.float32)  # row s: code * 4^(channel % 4) * 2^-24
         f_hi = 4.0 * U / (1 << (2 * (bs % 4))).to(gl.float32)  # high bits weigh 4
-        ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + zs1[None, :]
-        gl.store(O_ACC + (o_base + og)[None, :] * D + bch[:, None], ob, mask=msk)
+        if DUP:  # columns 4 + g hold head g's boosted values, the group-1 zeros in z_acc's columns
+            ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + zs0[None, :]
+            og1 = og - 4
+            bmsk = ((og >= 4) & (og1 < GQ))[None, :]
+        else:
+            ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + gl.sum(z1_acc, axis=0)[None, :]
+            og1 = og
+            bmsk = msk
+        gl.store(O_ACC + (o_base + og1)[None, :] * D + bch[:, None], ob, mask=bmsk)
     else:
         gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk)
         gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)

@@ -244,8 +244,8 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gk = dict(_gluon or {})
-    if set(gk) - {"stages", "maxnreg"}:
-        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg'")
+    if set(gk) - {"stages", "maxnreg", "dup"}:
+        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup'")
     why_not = gluon_unsupported(q, st, tile_rows)
     if page_impl == "gluon" and why_not:
         raise ValueError(f"page_impl='gluon' cannot serve this call: {why_not}")
@@ -351,7 +351,8 @@ def decode_attention(
             st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), num_warps=1,
+            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
+            DUP=vboost and GQ <= 4 and gk.get("dup", True), num_warps=1,
             **({"maxnreg": reg} if reg else {}),
         )  # fmt: skip
     elif ns:

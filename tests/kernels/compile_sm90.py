@@ -152,12 +152,13 @@ def main() -> None:
     fn = apg._page_kernel_gluon
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
-    for kb, vb, name in (
-        (False, False, "kivi"),
-        (True, False, "kitty / static keys"),
-        (True, True, "static"),
+    for kb, vb, dup, name in (
+        (False, False, False, "kivi"),
+        (True, False, False, "kitty / static keys"),
+        (True, True, True, "static"),  # GQA 4: the heads repeated in columns 4-7 (the launcher's default)
+        (True, True, False, "static, GQA > 4"),
     ):
-        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2)
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names

@@ -241,6 +241,25 @@ def test_gluon_page_kernel_matches_reference(dtype, method):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("G", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("dup", [True, False])
+def test_gluon_boosted_values_every_group(G, dup):
+    """Boosted values in the Gluon kernel for every GQA group: with ``dup`` (the default, used for
+    G <= 4) the heads ride columns 4-7 a second time weighted by the group-1 scales; without it (and
+    always for G > 4) a second ``P^T``. Both against the reference, and against each other."""
+    cfg = _cfg("static", **PAPER)
+    lengths = [4097, 1000, 289, 161, 33, 1]
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(cfg, lengths, H=3, G=G, D=128, dtype=dtype, device="cuda", seed=G, page_impl="gluon",
+               _gluon={"dup": dup})  # fmt: skip
+    st = random_state(cfg, lengths, 3, 128, torch.float16, "cuda", seed=7)
+    q = torch.randn(len(lengths), 3 * G, 128, device="cuda", dtype=torch.float16)
+    a, b = (decode_attention(q, st, 128**-0.5, page_impl="gluon", _gluon={"dup": d}).float() for d in (True, False))
+    assert (a - b).norm() / b.norm() < 2e-4  # the same sums up to fp32 order and fp16 rounding of P s
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
 @pytest.mark.parametrize("impl,use_asm", [("triton", True), ("triton", False), ("gluon", True)])
 def test_qwen3_8b_shape(method, impl, use_asm):
