@@ -254,7 +254,10 @@ def test_gluon_boosted_values_every_group(G, dup):
                _gluon={"dup": dup})  # fmt: skip
     st = random_state(cfg, lengths, 3, 128, torch.float16, "cuda", seed=7)
     q = torch.randn(len(lengths), 3 * G, 128, device="cuda", dtype=torch.float16)
-    a, b = (decode_attention(q, st, 128**-0.5, page_impl="gluon", _gluon={"dup": d}).float() for d in (True, False))
+    a, b = (
+        decode_attention(q, st, 128**-0.5, page_impl="gluon", _gluon={"dup": d}).float()
+        for d in (True, False)
+    )
     assert (a - b).norm() / b.norm() < 2e-4  # the same sums up to fp32 order and fp16 rounding of P s
 
 
