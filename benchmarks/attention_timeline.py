@@ -113,10 +113,18 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=JSON",
+        help='also these decode_attention keywords, e.g. rest_first=\'{"_launch": {"order": "rest"}}\'',
+    )  # fmt: skip
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "command": " ".join(sys.argv), "commit": os.environ.get("FCBOOST_COMMIT", "unknown"), "rows": []}  # fmt: skip
+    variants = {"default": {}}
+    for v in args.variant:
+        name, _, kw = v.partition("=")
+        variants[name] = json.loads(kw)
     t0 = time.time()
     for B, T in SHAPES:
         q = torch.randn(B, HQ, D, device=dev, dtype=torch.bfloat16)
@@ -125,15 +133,18 @@ def main() -> None:
             cfg = METHODS[m]
             st = random_state(cfg, [T - 1] * B, HKV, D, torch.bfloat16, dev, seed=1)
             mt = int((torch.minimum(st.n_pages * cfg.page_size, st.n_vq) // 64).max())
-            row = {"method": m, "batch": B, "context": T}
-            row.update(timeline(partial(decode_attention, q, st, D**-0.5, kn, vn, max_tiles=mt), args.reps))
-            res["rows"].append(row)
-            print(
-                m,
-                f"{B}x{T}",
-                {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()},
-                flush=True,
-            )
+            for name, kw in variants.items():
+                row = {"method": m, "batch": B, "context": T, "variant": name, "kwargs": kw}
+                row.update(
+                    timeline(partial(decode_attention, q, st, D**-0.5, kn, vn, max_tiles=mt, **kw), args.reps)
+                )
+                res["rows"].append(row)
+                print(
+                    m,
+                    f"{B}x{T}",
+                    {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()},
+                    flush=True,
+                )
             with open(args.out, "w") as f:
                 json.dump(res, f, indent=1)
     res["wall_s"] = time.time() - t0

@@ -95,7 +95,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--variant", action="append", default=[], metavar="NAME=JSON",
-        help='a Gluon variant with these _gluon knobs, e.g. nodup=\'{"dup": false}\' (repeatable)',
+        help='a Gluon variant with these decode_attention keywords, e.g. nodup=\'{"_gluon": {"dup": false}}\' '
+        "(repeatable)",
     )  # fmt: skip
     args = ap.parse_args()
     old = _load_old(args.old_kernel) if args.old_kernel else None
@@ -111,7 +112,7 @@ def main() -> None:
         variants["gluon_old"] = {"page_impl": "gluon", "_old": True}
     for v in args.variant:
         name, _, knobs = v.partition("=")
-        variants[f"gluon_{name}"] = {"page_impl": "gluon", "_gluon": json.loads(knobs)}
+        variants[f"gluon_{name}"] = {"page_impl": "gluon", **json.loads(knobs)}
     for n in [int(x) for x in args.per_sm.split(",") if x]:
         variants[f"gluon_ps{n}"] = {"page_impl": "gluon", "_per_sm": n}
     t0 = time.time()

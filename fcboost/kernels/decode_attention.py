@@ -60,13 +60,13 @@ LOG2E = 1.4426950408889634
 _SIDE: dict = {}
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device for the rest kernel (created once, reused by graph replays)."""
-    key = (
-        torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
-    )
+def _side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
+    """One side stream per device and priority (created once, reused by graph replays): the rest
+    kernel's (priority 0) and, with ``_launch={"priority": p}``, the page kernel's."""
+    idx = torch.device(device).index
+    key = (idx if idx is not None else torch.cuda.current_device(), priority)
     if key not in _SIDE:
-        _SIDE[key] = torch.cuda.Stream(device=device)
+        _SIDE[key] = torch.cuda.Stream(device=device, priority=priority)
     return _SIDE[key]
 
 
@@ -111,6 +111,21 @@ def n_rest(
             tiles = -(-(cfg.n_sink + pw + 2) // BT) + -(-(BN + pw) // BTQ)
         return max(1, min(tiles, round(per_sm * n_sm / (B * H))))
     return max(1, min(64, round(2 * per_sm * n_sm / (B * H))))
+
+
+def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
+    """Gluon page programs per (row, KV head) that fill whole waves: the split whose programs
+    (``ceil(n_pages / ceil(n_pages / s))`` non-empty per row) run in the fewest page-times,
+    ``ceil(programs / slots) * (ceil(n_pages / s) + 1/2)`` (``slots`` programs resident at once; half
+    a page for a program's prologue and epilogue); ties go to fewer programs. Pages per program >= 2."""
+    if n_pages == 0:
+        return 0
+
+    def cost(s: int) -> tuple:
+        per = -(-n_pages // s)
+        return -(-B * H * -(-n_pages // per) // slots) * (per + 0.5), s
+
+    return min(range(1, max(1, n_pages // 2) + 1), key=cost)
 
 
 REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg")
@@ -175,6 +190,7 @@ def decode_attention(
     page_impl: str = "auto",
     _gluon: dict | None = None,
     _rest: dict | None = None,
+    _launch: dict | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per row over the packed state plus (optionally) the new token.
 
@@ -197,7 +213,11 @@ def decode_attention(
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
     flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168; with boosted
     values none; 0: none).
-    ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`).
+    ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
+    and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
+    launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
+    before session 7), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
+    priority).
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -244,8 +264,10 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gk = dict(_gluon or {})
-    if set(gk) - {"stages", "maxnreg", "dup"}:
-        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup'")
+    if set(gk) - {"stages", "maxnreg", "dup", "split", "resident"}:
+        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'split' / 'resident'")
+    if gk.get("split", "sm32") not in ("sm32", "waves"):
+        raise ValueError(f"_gluon split={gk['split']!r}: expected 'sm32' or 'waves'")
     why_not = gluon_unsupported(q, st, tile_rows)
     if page_impl == "gluon" and why_not:
         raise ValueError(f"page_impl='gluon' cannot serve this call: {why_not}")
@@ -257,6 +279,9 @@ def decode_attention(
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
+    elif gluon and gk.get("split") == "waves":  # whole waves of resident programs (sm_90 compile: 168
+        # registers -> 12 per SM; boosted values uncapped, 207-211 -> 9)
+        ns = gluon_split_waves(B, H, n_tiles, gk.get("resident", 9 if vboost else 12) * n_sm)
     elif gluon:  # one-warp programs: about 32 per SM, >= 2 page tiles each (H200 sweep in gluon_probe)
         ns = min(max(1, round(32 * n_sm / (B * H))), max(1, n_tiles // 2)) if n_tiles else 0
     else:
@@ -299,6 +324,9 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
+    lo = {"order": "page", "priority": 0, **(_launch or {})}
+    if set(lo) - {"order", "priority"} or lo["order"] not in ("page", "rest") or lo["priority"] > 0:
+        raise ValueError(f"_launch={_launch}: expected order 'page'/'rest' and priority <= 0")
 
     def launch_rest():
         common = (
@@ -325,47 +353,60 @@ def decode_attention(
         else:
             _rest_kernel[(B * H, nr)](*common, BT=ro["bt"], num_stages=1, **meta)
 
+    def launch_page():
+        if ns and gluon:
+            from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
+
+            # H200: boosted values run best uncapped (1-2% faster than 168 at every shape since the
+            # session-6 kernel, gluon_regs_s6_h200.json); the rest with the 168-register cap
+            reg = gk.get("maxnreg", 0 if vboost else 168)
+            _page_kernel_gluon[(B * H, ns)](
+                q, q.stride(0), q.stride(1),
+                st.k_lo, *st.k_lo.stride()[:4],
+                st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
+                st.v_lo, *st.v_lo.stride()[:2],
+                st.v_scale, st.v_zero, *st.v_scale.stride()[:2],
+                khi, *khs,
+                kidx, *kis,
+                vhi, *vhi.stride()[:2],
+                st.n_pages, st.n_vq,
+                o_acc, o_m, o_l,
+                scaling * LOG2E, H, ns, nslot,
+                GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
+                DUP=vboost and GQ <= 4 and gk.get("dup", True), num_warps=1,
+                **({"maxnreg": reg} if reg else {}),
+            )  # fmt: skip
+        elif ns:
+            _page_kernel[(B * H, ns)](
+                q, q.stride(0), q.stride(1),
+                *packed,
+                st.n_pages, st.n_vq,
+                o_acc, o_m, o_l,
+                scaling * LOG2E, H, ns, nslot,
+                GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, triton.next_power_of_2(-(-nb // 4))),
+                KBOOST=kboost, VBOOST=vboost, ASM=asm,
+                num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
+            )  # fmt: skip
+
+    cur = torch.cuda.current_stream(q.device) if q.device.type == "cuda" else None
     if side is None:
         launch_rest()
-    else:  # the rest runs beside the page kernel (a graph capture records the fork and join); the
-        # outputs are freed only after the join below, so no record_stream is needed
-        cur = torch.cuda.current_stream(q.device)
-        side.wait_stream(cur)
-        with torch.cuda.stream(side):
-            launch_rest()
-    if ns and gluon:
-        from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
-
-        # H200: boosted values run best uncapped (1-2% faster than 168 at every shape since the
-        # session-6 kernel, gluon_regs_s6_h200.json); the rest with the 168-register cap
-        reg = gk.get("maxnreg", 0 if vboost else 168)
-        _page_kernel_gluon[(B * H, ns)](
-            q, q.stride(0), q.stride(1),
-            st.k_lo, *st.k_lo.stride()[:4],
-            st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
-            st.v_lo, *st.v_lo.stride()[:2],
-            st.v_scale, st.v_zero, *st.v_scale.stride()[:2],
-            khi, *khs,
-            kidx, *kis,
-            vhi, *vhi.stride()[:2],
-            st.n_pages, st.n_vq,
-            o_acc, o_m, o_l,
-            scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
-            DUP=vboost and GQ <= 4 and gk.get("dup", True), num_warps=1,
-            **({"maxnreg": reg} if reg else {}),
-        )  # fmt: skip
-    elif ns:
-        _page_kernel[(B * H, ns)](
-            q, q.stride(0), q.stride(1),
-            *packed,
-            st.n_pages, st.n_vq,
-            o_acc, o_m, o_l,
-            scaling * LOG2E, H, ns, nslot,
-            GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, triton.next_power_of_2(-(-nb // 4))),
-            KBOOST=kboost, VBOOST=vboost, ASM=asm,
-            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
-        )  # fmt: skip
+        launch_page()
+    else:  # the rest runs beside the page kernel (a graph capture records the forks and joins); the
+        # outputs are freed only after the joins below, so no record_stream is needed
+        side.wait_stream(cur)  # the rest depends on what came before the call, not on the page kernel
+        pst = _side_stream(q.device, lo["priority"]) if lo["priority"] else cur
+        if pst is not cur:
+            pst.wait_stream(cur)
+        for part in ("page", "rest") if lo["order"] == "page" else ("rest", "page"):
+            if part == "rest":
+                with torch.cuda.stream(side):
+                    launch_rest()
+            else:
+                with torch.cuda.stream(pst):
+                    launch_page()
+        if pst is not cur:
+            cur.wait_stream(pst)
     if side is not None:
         torch.cuda.current_stream(q.device).wait_stream(side)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)

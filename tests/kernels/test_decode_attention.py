@@ -14,7 +14,12 @@ import pytest
 import torch
 from attention_checks import check_attention, make_cfg
 
-from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference, split_count
+from fcboost.kernels.decode_attention import (
+    decode_attention,
+    decode_attention_reference,
+    gluon_split_waves,
+    split_count,
+)
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
 
@@ -90,6 +95,54 @@ def test_split_count_does_not_change_result(device):
 def test_split_count_wave_quantization(B, per_sm, want):
     """Hand-computed splits on an H200 (132 SMs) at 8 KV heads and 256 page tiles per row."""
     assert split_count(B, 8, 256 if B != 64 else 32, 132, per_sm=per_sm) == want
+
+
+@pytest.mark.parametrize(
+    "B,pages,slots,want",
+    [
+        # 8 x 32K, 12 resident per SM: 24 splits of 11 pages = 1536 programs, one wave (11.5 page-times;
+        # two waves of 6 pages: 13)
+        (8, 256, 1584, 24),
+        # 9 per SM: 37 splits of 7 pages = 2368 programs, 2 waves (15 page-times; 18 x 15 pages in one
+        # wave: 15.5; 128 x 2 pages in 7 waves: 17.5)
+        (8, 256, 1188, 37),
+        (64, 32, 1188, 2),  # 1024 programs of 16 pages fit one wave of 1188
+        (1, 256, 1584, 128),  # batch 1: at least 2 pages per program
+        (3, 0, 1584, 0),
+    ],
+)
+def test_gluon_split_waves(B, pages, slots, want):
+    """Hand-computed whole-wave splits for the Gluon page kernel (8 KV heads)."""
+    assert gluon_split_waves(B, 8, pages, slots) == want
+
+
+def test_launch_knobs_are_checked():
+    st = random_state(KVQuantConfig.kivi(), [300], 1, 64, torch.float16, "cpu")
+    q = torch.randn(1, 2, 64).half()
+    with pytest.raises(ValueError, match="_launch="):
+        decode_attention(q, st, 0.125, _launch={"order": "sideways"})
+    with pytest.raises(ValueError, match="_launch="):
+        decode_attention(q, st, 0.125, _launch={"priority": 1})
+    with pytest.raises(ValueError, match="split='rows'"):
+        decode_attention(q, st, 0.125, _gluon={"split": "rows"})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "static"])
+def test_launch_order_and_wave_split(method):
+    """The page kernel launched before or after the rest, on a high-priority stream, and split in
+    whole waves: the same partials whatever the order (bitwise), and the reference's result."""
+    st = random_state(_cfg(method, **PAPER), [32768, 4097, 1000, 289, 161, 33, 1], 8, 128, torch.bfloat16,
+                      "cuda", seed=4)  # fmt: skip
+    q = torch.randn(7, 32, 128, device="cuda", dtype=torch.bfloat16)
+    kn, vn = (torch.randn(7, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ref = decode_attention_reference(q, st, 128**-0.5, kn, vn)
+    base = decode_attention(q, st, 128**-0.5, kn, vn, _launch={"order": "rest"})
+    for lo in ({"order": "page"}, {"priority": -1}):
+        assert torch.equal(decode_attention(q, st, 128**-0.5, kn, vn, _launch=lo), base)
+    out = decode_attention(q, st, 128**-0.5, kn, vn, _gluon={"split": "waves"}).float()
+    assert (out - ref).norm() / ref.norm() < 6e-3
 
 
 @pytest.mark.parametrize("programs", [1, 2])
