@@ -211,8 +211,11 @@ def decode_attention(
     KV head, no boost or 16 boosted channels; CUDA, sm_80+), ``"triton"`` (every configuration; the
     interpreter too) or ``"auto"`` (default: Gluon where it serves the call, see
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
-    flight, default 2; 3 was 1-15% slower on the H200) and ``maxnreg`` (default 168; with boosted
-    values none; 0: none).
+    flight, default 2; 3 was 1-15% slower on the H200), ``maxnreg`` (default 168; with boosted
+    values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
+    columns, default True), ``split`` (``"waves"``: :func:`gluon_split_waves` over ``resident``
+    programs per SM, the default without boosted values; ``"sm32"``: about 32 programs per SM, the
+    default with them).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
     launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
@@ -279,8 +282,10 @@ def decode_attention(
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
-    elif gluon and gk.get("split") == "waves":  # whole waves of resident programs (sm_90 compile: 168
-        # registers -> 12 per SM; boosted values uncapped, 207-211 -> 9)
+    elif gluon and gk.get("split", "sm32" if vboost else "waves") == "waves":
+        # whole waves of resident programs (168 registers: 12 per SM; boosted values uncapped, 207-211:
+        # 9). H200 (gluon_launch_s7_h200.json): kivi 8 x 32K 72.2 -> 67.5 us, 64 x 4K 110.1 -> 104.3
+        # against "sm32"; static + values 1-5% slower at 8 x 32K and 8 x 128K, so "sm32" there
         ns = gluon_split_waves(B, H, n_tiles, gk.get("resident", 9 if vboost else 12) * n_sm)
     elif gluon:  # one-warp programs: about 32 per SM, >= 2 page tiles each (H200 sweep in gluon_probe)
         ns = min(max(1, round(32 * n_sm / (B * H))), max(1, n_tiles // 2)) if n_tiles else 0
