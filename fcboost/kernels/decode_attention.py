@@ -203,7 +203,8 @@ def decode_attention(
     ``maxnreg``: register cap of the page kernel (more programs per SM; default 128 without boosted
     values, none with them, 0 for none). ``overlap``: on CUDA, run the rest kernel on a side stream
     beside the page kernel. ``rest_programs``: rest programs per (row, KV head), each striding over
-    the rest tiles (default: :func:`n_rest`); ``rest_warps``: their warps (default 4). Defaults
+    the rest tiles (default: :func:`n_rest`); ``rest_warps``: their warps (default 4; 2, with about 8
+    programs per SM, at B x H >= 256 without boosted values). Defaults
     come from the H200 sweeps in ``benchmarks/results/`` (``tune_decode_attention_h200.json``,
     ``tune_rest_h200.json``). ``page_impl``: which kernel runs the page tiles: ``"gluon"``
     (:mod:`fcboost.kernels.attention_page_gluon`: one-warp programs with explicit MMA fragment
@@ -213,9 +214,9 @@ def decode_attention(
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
     flight, default 2; 3 was 1-15% slower on the H200), ``maxnreg`` (default 168; with boosted
     values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
-    columns, default True), ``split`` (``"waves"``: :func:`gluon_split_waves` over ``resident``
-    programs per SM, the default without boosted values; ``"sm32"``: about 32 programs per SM, the
-    default with them).
+    columns, default True), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
+    ``resident`` programs per SM, default 12, with boosted values 8; ``"sm32"``: about 32 programs
+    per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
     launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
@@ -259,6 +260,17 @@ def decode_attention(
     if P % 16:
         raise ValueError(f"page_size={P} must be a multiple of 16 for the fused kernel")
     ro = rest_options(_rest, P)
+    if (
+        rest_warps is None
+        and ro["impl"] == "split"
+        and st.v_hi is None
+        and B * H >= 256
+        and "per_sm" not in (_rest or {})
+    ):
+        # large batches: 2-warp rest programs, about 8 per SM (H200, gluon_rest_s7_h200.json: kivi
+        # 64 x 4K 104.2 -> 93.5 us, 32 x 8K 84.4 -> 80.4; 1-4% slower at B x H = 64; boosted values
+        # 10% slower at 64 x 4K, so not with them)
+        rest_warps, ro["per_sm"] = 2, 8.0
     paged = P % BN == 0 and D >= 64  # dots need R >= 16 tokens and D/4 >= 16 channels
     n_sm = _sm_count(q.device)
     if max_tiles is None:
@@ -282,11 +294,12 @@ def decode_attention(
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
     if n_splits is not None:
         ns = n_splits
-    elif gluon and gk.get("split", "sm32" if vboost else "waves") == "waves":
-        # whole waves of resident programs (168 registers: 12 per SM; boosted values uncapped, 207-211:
-        # 9). H200 (gluon_launch_s7_h200.json): kivi 8 x 32K 72.2 -> 67.5 us, 64 x 4K 110.1 -> 104.3
-        # against "sm32"; static + values 1-5% slower at 8 x 32K and 8 x 128K, so "sm32" there
-        ns = gluon_split_waves(B, H, n_tiles, gk.get("resident", 9 if vboost else 12) * n_sm)
+    elif gluon and gk.get("split", "waves") == "waves":
+        # whole waves of resident programs: 168 registers, 12 per SM; boosted values (uncapped, 207-211
+        # registers: 9 by the register file) run best counted as 8 (the rest kernel's programs share
+        # the SMs). H200 against "sm32" (gluon_rest_s7_h200.json): kivi 8 x 32K 71.1 -> 66.0 us,
+        # static + values 97.1 -> 91.6, 8 x 128K 286.2 -> 275.1 (counted as 9: 99.3 / 295.5)
+        ns = gluon_split_waves(B, H, n_tiles, gk.get("resident", 8 if vboost else 12) * n_sm)
     elif gluon:  # one-warp programs: about 32 per SM, >= 2 page tiles each (H200 sweep in gluon_probe)
         ns = min(max(1, round(32 * n_sm / (B * H))), max(1, n_tiles // 2)) if n_tiles else 0
     else:

@@ -145,6 +145,17 @@ def test_launch_order_and_wave_split(method):
     assert (out - ref).norm() / ref.norm() < 6e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
+def test_large_batch_defaults(method):
+    """B x H = 256 (the defaults switch to 2-warp rest programs without boosted values; whole-wave
+    page splits), ragged rows from 1 to 8K tokens, against the reference."""
+    lengths = [1 + (977 * i) % 8192 for i in range(32)]
+    for dtype in (torch.bfloat16, torch.float16):
+        _check(_cfg(method, **PAPER), lengths, H=8, G=4, D=128, dtype=dtype, device="cuda", seed=6)
+
+
 @pytest.mark.parametrize("programs", [1, 2])
 def test_rest_programs_do_not_change_result(programs, device):
     """Fewer rest programs per (row, head), each striding over several rest tiles (sink, tail,
