@@ -21,7 +21,8 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   the dense hi plane in slot order; the epilogue maps slots to channels.
 - the rest, grid ``(B*H, NREST)`` (:func:`n_rest`: one tile per program at small batch, one program
   per (row, head) at large batch; program j takes tiles j, j+NREST, ...), on CUDA on a side stream
-  beside the page kernel. Default ``_rest_split_kernel``: the rest is an unordered token set, so it
+  beside the page kernel, launched after it (so it fills the SMs the page kernel's last wave leaves
+  instead of delaying its start). Default ``_rest_split_kernel``: the rest is an unordered token set, so it
   runs two branch-free loops: *16-bit tiles* (the sink, the key buffer / value window past both
   quantized ranges and the new token; each row's key/value pointer picked per token, one vector load
   each) and *quantized-tail tiles* (tokens past the last page tile with a quantized key or value,
