@@ -48,6 +48,8 @@ with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Value codes are stored tok
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -114,11 +116,14 @@ def n_rest(
     return max(1, min(64, round(2 * per_sm * n_sm / (B * H))))
 
 
+@functools.lru_cache(maxsize=4096)  # (called per layer and step: the search is O(n_pages))
 def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
     """Gluon page programs per (row, KV head) that fill whole waves: the split whose programs
     (``ceil(n_pages / ceil(n_pages / s))`` non-empty per row) run in the fewest page-times,
     ``ceil(programs / slots) * (ceil(n_pages / s) + 1/2)`` (``slots`` programs resident at once; half
     a page for a program's prologue and epilogue); ties go to fewer programs. Pages per program >= 2."""
+    if slots < 1:
+        raise ValueError(f"slots={slots}: expected >= 1 resident programs")
     if n_pages == 0:
         return 0
 
@@ -284,6 +289,8 @@ def decode_attention(
         raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'split' / 'resident'")
     if gk.get("split", "sm32") not in ("sm32", "waves"):
         raise ValueError(f"_gluon split={gk['split']!r}: expected 'sm32' or 'waves'")
+    if not isinstance(gk.get("resident", 1), int) or gk.get("resident", 1) < 1:
+        raise ValueError(f"_gluon resident={gk['resident']!r}: expected an int >= 1 (programs per SM)")
     why_not = gluon_unsupported(q, st, tile_rows)
     if page_impl == "gluon" and why_not:
         raise ValueError(f"page_impl='gluon' cannot serve this call: {why_not}")

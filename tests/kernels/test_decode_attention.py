@@ -125,6 +125,10 @@ def test_launch_knobs_are_checked():
         decode_attention(q, st, 0.125, _launch={"priority": 1})
     with pytest.raises(ValueError, match="split='rows'"):
         decode_attention(q, st, 0.125, _gluon={"split": "rows"})
+    with pytest.raises(ValueError, match="resident=0"):
+        decode_attention(q, st, 0.125, _gluon={"resident": 0})
+    with pytest.raises(ValueError, match="slots=0"):
+        gluon_split_waves(8, 8, 256, 0)
 
 
 @pytest.mark.gpu
