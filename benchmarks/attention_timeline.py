@@ -23,8 +23,10 @@ from functools import partial
 import torch
 import triton
 
+from fcboost.experiment.results import write_json
 from fcboost.kernels.decode_attention import decode_attention
 from fcboost.kernels.state import random_state
+from fcboost.kernels.timing import capture_graph
 from fcboost.quant.config import KVQuantConfig
 
 HQ, HKV, D = 32, 8, 128
@@ -43,16 +45,7 @@ def _role(name: str) -> str | None:
 
 def timeline(fn, reps: int = 20) -> dict:
     """Median per-kernel durations and span (us) of ``fn`` replayed from a CUDA graph."""
-    fn()
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g = capture_graph(fn)
     flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
     for _ in range(3):
         g.replay()
@@ -145,11 +138,9 @@ def main() -> None:
                     {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()},
                     flush=True,
                 )
-            with open(args.out, "w") as f:
-                json.dump(res, f, indent=1)
+            write_json(args.out, res)
     res["wall_s"] = time.time() - t0
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from fcboost.experiment.results import write_json
 from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.state import random_state
 from fcboost.kernels.timing import graph_us
@@ -162,11 +163,9 @@ def main() -> None:
                   f"{sdpa / best[0]:.2f}x) rest only {row.get('rest_only_us', float('nan')):.1f}",
                   {k: round(v["us"], 1) for k, v in row["variants"].items()}, flush=True)  # fmt: skip
             res["timing"].append(row)
-            with open(args.out, "w") as f:
-                json.dump(res, f, indent=1)
+            write_json(args.out, res)
     res["wall_s"] = time.time() - t0
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from functools import partial
 import torch
 import triton
 
+from fcboost.experiment.results import write_json
 from fcboost.kernels.quant_pack import _key_pack_plan, key_storage, pack_keys_into
 from fcboost.kernels.state import random_state
 from fcboost.quant.config import KVQuantConfig
@@ -260,8 +261,7 @@ def main() -> None:
     res = offline(args) if args.sass else gpu(args)
     res["wall_s"] = time.time() - t0
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
         print(f"wrote {args.out}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fcboost.experiment.results import write_json
 from fcboost.masks.profile import profile_ca, versions
 from fcboost.models import random_model
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result, indent=2)
     print(json.dumps(result, indent=2))
     return result
 

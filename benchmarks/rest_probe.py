@@ -24,6 +24,8 @@ import sys
 import time
 from functools import partial
 
+from fcboost.experiment.results import write_json
+
 HQ, HKV, D = 32, 8, 128
 SHAPES = [(64, 4096), (32, 8192), (8, 32768), (1, 32768)]  # large batch first (the time guard)
 LENGTHS = [32768, 4097, 1000, 289, 161, 33, 1]
@@ -164,8 +166,7 @@ def main() -> None:
 
     def save():
         res["wall_s"] = time.time() - t0
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
 
     failed: set = set()
     cases = {}  # (method, dtype) -> state, inputs, reference

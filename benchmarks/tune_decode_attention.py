@@ -10,7 +10,6 @@ excluded, L2 flushed between replays by do_bench). bf16 SDPA is timed the same w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from fcboost.experiment.results import write_json
 from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference
 from fcboost.kernels.state import random_state
 from fcboost.kernels.timing import graph_us
@@ -113,8 +113,7 @@ def main() -> None:
             torch.cuda.empty_cache()
         res["shapes"].append(row)
         res["wall_s"] = time.time() - t0
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
     print(f"wrote {args.out} in {time.time() - t0:.0f} s")
 
 

@@ -14,7 +14,6 @@ Imports only torch, triton and fcboost.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from fcboost.experiment.results import write_json
 from fcboost.kernels.decode_attention import decode_attention, decode_attention_reference, gluon_unsupported
 from fcboost.kernels.quant_pack import pack_keys_into, pack_values_into
 from fcboost.kernels.state import random_state
@@ -153,8 +153,7 @@ def run(args) -> dict:
             del st
             torch.cuda.empty_cache()
         res["attention"].append(row)
-        with open(args.out, "w") as f:  # partial results, in case the run is cut short
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)  # partial results, in case the run is cut short
     tiny = torch.zeros(1, device=dev)
     res["graph_floor_us"] = graph_us(partial(tiny.add_, 1.0))  # one 1-element kernel: the harness's floor
     print(f"graph floor (one tiny kernel): {res['graph_floor_us']:.1f} us", flush=True)
@@ -204,8 +203,7 @@ def main() -> None:
     t0 = time.time()
     res = run(args)
     res["wall_s"] = time.time() - t0
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_json(args.out, res)
     print(f"wrote {args.out}")
 
 

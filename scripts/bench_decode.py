@@ -33,6 +33,7 @@ import torch
 
 from fcboost.cache.static import bytes_per_row
 from fcboost.decode import FastDecoder
+from fcboost.experiment.results import write_json
 from fcboost.masks.mask import ChannelMask
 from fcboost.models import random_model
 from fcboost.quant.config import KVQuantConfig
@@ -312,8 +313,7 @@ def main() -> None:
 
     def save():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.out, res)
 
     t = time.time()
     model = random_model("qwen3-8b", dtype=torch.bfloat16, device="cuda").model

@@ -64,12 +64,21 @@ def result_key(
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or
+    the whole new one, never a torn write."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 1) -> None:
+    """``obj`` as JSON at ``path``, atomically (the benchmarks rewrite their output after every row,
+    so a run cut short leaves the rows so far, never half a file). Standard library only: the GPU
+    image imports it too."""
+    _atomic_write(Path(path), json.dumps(obj, indent=indent))
 
 
 class ResultsStore:

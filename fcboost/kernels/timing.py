@@ -15,10 +15,9 @@ def bench_us(fn: Callable[[], object], rep_ms: int = 100) -> float:
     return 1e3 * triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
 
 
-def graph_us(fn: Callable[[], object], rep_ms: int = 100) -> float:
-    """Median microseconds of one ``fn()`` replayed from a CUDA graph: what a graph-captured decode
-    step pays (launch overhead excluded). ``fn`` runs twice before the capture (compile, warm-up on
-    a side stream, as graph capture requires)."""
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of one ``fn()``; ``fn`` runs twice before the capture (compile, warm-up on a
+    side stream, as graph capture requires)."""
     fn()
     torch.cuda.synchronize()
     s = torch.cuda.Stream()
@@ -29,4 +28,10 @@ def graph_us(fn: Callable[[], object], rep_ms: int = 100) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    return bench_us(g.replay, rep_ms)
+    return g
+
+
+def graph_us(fn: Callable[[], object], rep_ms: int = 100) -> float:
+    """Median microseconds of one ``fn()`` replayed from a CUDA graph (:func:`capture_graph`): what a
+    graph-captured decode step pays (launch overhead excluded)."""
+    return bench_us(capture_graph(fn).replay, rep_ms)

@@ -110,3 +110,14 @@ def test_key_changes_with_every_part():
 def test_empty_store_loads(tmp_path):
     df = load_results(tmp_path)
     assert len(df) == 0 and "metrics" in df.columns
+
+
+def test_write_json_replaces_whole_file(tmp_path):
+    """The benchmarks' writer: the new content in full, the old file replaced, no temporary left."""
+    from fcboost.experiment.results import write_json
+
+    out = tmp_path / "bench.json"
+    write_json(out, {"rows": [1]})
+    write_json(str(out), {"rows": [1, 2]})
+    assert json.loads(out.read_text()) == {"rows": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
