@@ -60,6 +60,19 @@ def _load_old(path: str):
     return mod
 
 
+class _OldKernel:
+    """The old module's page kernel launched with only the keywords it knows (the launcher may pass
+    constexprs added since)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        keep = set(self.fn.arg_names) | {"num_warps", "num_stages", "maxnreg"}
+        launch = self.fn[grid]
+        return lambda *a, **kw: launch(*a, **{k: v for k, v in kw.items() if k in keep})
+
+
 def _call(kw: dict, old, *args, **kwargs):
     """``decode_attention`` with ``kw``; ``_old`` in kw: with the old module's page kernel swapped in
     (``decode_attention`` imports the kernel at each call)."""
@@ -70,7 +83,7 @@ def _call(kw: dict, old, *args, **kwargs):
     if not kw.pop("_old", False):
         return decode_attention(*args, **kwargs, **kw)
     new = apg._page_kernel_gluon
-    apg._page_kernel_gluon = old._page_kernel_gluon
+    apg._page_kernel_gluon = _OldKernel(old._page_kernel_gluon)
     try:
         return decode_attention(*args, **kwargs, **kw)
     finally:

@@ -126,13 +126,15 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
                 ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
                 D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
-                STAGES: gl.constexpr):  # fmt: skip
+                STAGES: gl.constexpr, KSTATIC: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
     """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
-    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosts the key high bits (16, 16) and the page's slot -> channel map (16,), and, per
-    j, the 16 boosted slots' rows of the low (gathered through the slot map ``sidx``) and high value
-    planes (64 = 16 j + slot, 16). ``ok`` false: zero-filled (nothing read)."""
+    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
+    the page's slot -> channel map (16,) (not for ``KSTATIC``, a static map the program reads once);
+    with boosted values, per j, the 16 slots' rows of the high value planes
+    (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the slot map
+    ``sidx``. ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -162,16 +164,18 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
         hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
         hr = _perm4(hr)
         _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
-        li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
-        _cp_async(
-            ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
-        )  # the page's map
+        if not KSTATIC:  # (a static map the program read once)
+            li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+            _cp_async(
+                ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
+            )  # the page's map
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
         gsl = gr % 16
-        ch = gl.load(sidx + gsl).to(gl.int32)  # slot -> channel
-        row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in block j
-        _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
+        if VGATHER:
+            ch = gl.load(sidx + gsl).to(gl.int32)  # slot -> channel
+            row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in block j
+            _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
         hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of block j
         _cp_async(vh_s.index(slot), vh_base + gs * 256 + hrow[:, None] * 16 + vm[None, :], mask=ok)
     _ac.commit_group()
@@ -191,7 +195,7 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
-    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False,
+    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, KSTATIC: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -209,10 +213,18 @@ def _page_kernel_gluon(
     head g: the same scores and probabilities), and ``P^T`` is weighted per column, by the group-0
     value scales in columns 0-3 and the group-1 scales in columns 4-7, so one transpose feeds both the
     plane MMAs (columns 0-3 kept) and the boosted-value MMAs (columns 4-7 kept), and the zeros of both
-    groups share one accumulator; else the boosted values take a second ``P^T`` of their own."""
+    groups share one accumulator; else the boosted values take a second ``P^T`` of their own. With
+    ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
+    ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
+    rows, no MMA of their own), only their high bits have A tiles.
+
+    ``KSTATIC`` (a static mask: ``KIDX`` with page stride 0): the slot map and the query rows at the
+    boosted channels are read once per program, and each page's key scales at those channels are
+    loaded a page ahead (no per-page map copy, no dependent gathers in the page's critical path)."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
+    VGATHER: gl.constexpr = VBOOST and not DUP  # boosted values' low-plane rows copied apart
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     la4: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
     lb4: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
@@ -242,6 +254,12 @@ def _page_kernel_gluon(
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
         qh_ptr = Q + b * s_qb + (h * GQ + qhd)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
+        if KSTATIC:  # the map, the query rows (x 4: high bits) once; the key scales a page ahead
+            hs = _perm4(gl.arange(0, 16, layout=gl.SliceLayout(1, lb4)))  # slots in _graw4's order
+            hch = gl.load(sidx + hs).to(gl.int32)
+            qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32) * (4.0 * qk_scale)
+            ksh_ptr = KSC + ks_base + hch
+            sch_next = gl.load(ksh_ptr + i0 * s_ksp, mask=(hs * 0 + i0) < i1, other=0.0)
     else:
         kh_base = k_base
     if VBOOST:  # A tiles with the 16 slots as rows; each row's plane from its own mask
@@ -249,7 +267,8 @@ def _page_kernel_gluon(
         vm = gl.arange(0, 16, layout=gl.SliceLayout(0, la4))
         hi_msk = ((3 << (2 * (vr % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)  # slot s: bits 2 (s % 4)
         vh_base = VHI + b * s_vhb + h * s_vhh
-        ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
+        if not DUP:
+            ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
         ob_hi = gl.zeros([NB, 8], gl.float32, layout=mma)
         z1_acc = gl.zeros([16, 8], gl.float32, layout=mma)
         c_hi = (gl.arange(0, 8, layout=cols_l) >= 4)[None, :]  # DUP: the group-1 columns
@@ -280,18 +299,21 @@ def _page_kernel_gluon(
         kh_s = k_s
         ki_s = ks_s
     if VBOOST:
-        vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
-        vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
+        vh_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)  # [stage, 16 j + slot, m]
+    else:
+        vh_s = v_s
+    if VGATHER:
+        vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
     else:
         vl_s = v_s
-        vh_s = v_s
     for d in gl.static_range(STAGES - 1):
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
                     k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
-                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, KSTATIC,
+                    VGATHER)  # fmt: skip
     for pg in range(i0, i1):
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
-        if VBOOST:  # the boosted channels' plane masks (re-read per page, as below)
+        if VGATHER:  # the boosted channels' plane masks (re-read per page, as below)
             vch = gl.load(sidx + vr + 0 * pg).to(gl.int32)
             lo_msk = ((3 << (2 * (vch % 4)))[:, None] + 0 * vm[None, :]).to(gl.uint8)
         for st in gl.static_range(2):  # 64 tokens: byte rows 16 st + m, planes j -> token 4(16 st + m) + j
@@ -300,7 +322,8 @@ def _page_kernel_gluon(
             _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
             _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s,
                         vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
-                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES)  # fmt: skip
+                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, KSTATIC,
+                    VGATHER)  # fmt: skip
             slot = g % STAGES
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
@@ -308,7 +331,10 @@ def _page_kernel_gluon(
                 qs0 = (qf * sc[:, None]).to(gl.float16)
                 qs = _perm4_rows(qs0, D, lb4)  # k in _graw4's order
                 bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
-                if KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
+                if KSTATIC:
+                    qh = (qfh * sch_next.to(gl.float32)[:, None]).to(gl.float16)
+                    sch_next = gl.load(ksh_ptr + (pg + 1) * s_ksp, mask=(hs * 0 + pg + 1) < i1, other=0.0)
+                elif KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
                     # the page's map came with the step's copy (was a global load per page; gathering
                     # the rows of qs0 in registers instead: +620 loop instructions of shuffles)
                     hch = _perm4_vec(ki_s.index(slot), 16, gl.SliceLayout(1, lb4)).to(gl.int32)
@@ -344,7 +370,8 @@ def _page_kernel_gluon(
                 l_acc *= alpha[None, :]
                 z_acc *= alpha[None, :]
                 if VBOOST:
-                    ob_lo *= alpha[None, :]
+                    if not DUP:
+                        ob_lo *= alpha[None, :]
                     ob_hi *= alpha[None, :]
                     if not DUP:
                         z1_acc *= alpha[None, :]
@@ -377,16 +404,16 @@ def _page_kernel_gluon(
                 acc2 = mma_v2(v2, pb, acc2)
                 acc3 = mma_v2(v3, pb, acc3)
                 if VBOOST:
-                    vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
-                    vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)
-                    if DUP:
+                    vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
+                    if DUP:  # the low bits are in acc0-3's columns 4-7
                         pb1 = pb
                     else:
+                        vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)
                         vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
                         vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
                         z1_acc += pj * vz1[:, None]
                         pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
-                    ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
+                        ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
@@ -396,9 +423,9 @@ def _page_kernel_gluon(
     oc = gl.arange(0, D // 4, layout=rows_l)
     o_pp = O_ACC + (o_base + og)[None, :] * D + 4 * oc[:, None]
     msk = (og < GQ)[None, :]
-    if VBOOST:  # boosted channels come from ob_lo/ob_hi: leave them out of the plane stores
-        # (the slot map is read after the loop: read before it, it stayed live across the loop and
-        # cost about 80 registers in the sm_90 compile)
+    if VBOOST:  # boosted channels: the low bits from ob_lo (DUP: the planes' columns 4-7), the high
+        # bits from ob_hi (the slot map is read after the loop: read before it, it stayed live across
+        # the loop and cost about 80 registers in the sm_90 compile)
         after = (gl.max(l_i, axis=0) * 0).to(gl.int32)
         es = gl.arange(0, NB, layout=cols_l)
         ech = gl.load(sidx + es + after).to(gl.int32)  # (16,) along columns
@@ -407,23 +434,31 @@ def _page_kernel_gluon(
         nb1 = gl.max((ech[None, :] == e4 + 1).to(gl.int32), axis=1) == 0
         nb2 = gl.max((ech[None, :] == e4 + 2).to(gl.int32), axis=1) == 0
         nb3 = gl.max((ech[None, :] == e4 + 3).to(gl.int32), axis=1) == 0
-        gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk & nb0[:, None])
-        gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk & nb1[:, None])
-        gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk & nb2[:, None])
-        gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk & nb3[:, None])
         bs = gl.arange(0, NB, layout=rows_l)
         bch = gl.load(sidx + bs + after).to(gl.int32)
-        f_lo = U / (1 << (2 * (bch % 4))).to(gl.float32)  # row s: code * 4^(channel % 4) * 2^-24
         f_hi = 4.0 * U / (1 << (2 * (bs % 4))).to(gl.float32)  # high bits weigh 4
-        if DUP:  # columns 4 + g hold head g's boosted values, the group-1 zeros in z_acc's columns
-            ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + zs0[None, :]
-            og1 = og - 4
-            bmsk = ((og >= 4) & (og1 < GQ))[None, :]
+        if DUP:  # column c < 4: head c's unboosted channels; column 4 + g: head g's boosted channels'
+            # low bits and group-1 zeros; then their high bits are added
+            oh = og % 4
+            o_pp = O_ACC + (o_base + oh)[None, :] * D + 4 * oc[:, None]
+            hm = (oh < GQ)[None, :]
+            lo_c = (og < 4)[None, :]
+            gl.store(o_pp, acc0 * U + zs0[None, :], mask=hm & (lo_c == nb0[:, None]))
+            gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=hm & (lo_c == nb1[:, None]))
+            gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=hm & (lo_c == nb2[:, None]))
+            gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=hm & (lo_c == nb3[:, None]))
+            _warp_sync()  # the stores above (other lanes') before the read-modify-write below
+            b_pp = O_ACC + (o_base + og - 4)[None, :] * D + bch[:, None]
+            bmsk = ((og >= 4) & (og - 4 < GQ))[None, :]
+            gl.store(b_pp, gl.load(b_pp, mask=bmsk, other=0.0) + ob_hi * f_hi[:, None], mask=bmsk)
         else:
+            gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk & nb0[:, None])
+            gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk & nb1[:, None])
+            gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk & nb2[:, None])
+            gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk & nb3[:, None])
+            f_lo = U / (1 << (2 * (bch % 4))).to(gl.float32)  # row s: code * 4^(channel % 4) * 2^-24
             ob = ob_lo * f_lo[:, None] + ob_hi * f_hi[:, None] + gl.sum(z1_acc, axis=0)[None, :]
-            og1 = og
-            bmsk = msk
-        gl.store(O_ACC + (o_base + og1)[None, :] * D + bch[:, None], ob, mask=bmsk)
+            gl.store(O_ACC + (o_base + og)[None, :] * D + bch[:, None], ob, mask=msk)
     else:
         gl.store(o_pp, acc0 * U + zs0[None, :], mask=msk)
         gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)
