@@ -66,9 +66,7 @@ def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int | None 
 
     fn = apg._page_kernel_gluon
     static = method == "static"  # the launcher's defaults for GQ <= 4
-    consts = dict(
-        GQ=4, D=128, KBOOST=method != "kivi", VBOOST=static, STAGES=stages, DUP=static, KSTATIC=static
-    )
+    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=static, STAGES=stages, DUP=static)
     consts.update(extra)
     sig, attrs = _specialize(fn, consts)  # k_idx strides: multiples of 16 (16 slots; gluon_unsupported)
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)

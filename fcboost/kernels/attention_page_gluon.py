@@ -126,13 +126,12 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
                 ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
                 D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
-                STAGES: gl.constexpr, KSTATIC: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
+                STAGES: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
     """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
     (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
-    the page's slot -> channel map (16,) (not for ``KSTATIC``, a static map the program reads once);
-    with boosted values, per j, the 16 slots' rows of the high value planes
+    the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high value planes
     (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the slot map
     ``sidx``. ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
@@ -164,11 +163,10 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
         hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
         hr = _perm4(hr)
         _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
-        if not KSTATIC:  # (a static map the program read once)
-            li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
-            _cp_async(
-                ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
-            )  # the page's map
+        li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+        _cp_async(
+            ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
+        )  # the page's map
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
         gsl = gr % 16
@@ -195,7 +193,7 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
-    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, KSTATIC: gl.constexpr = False,
+    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -216,11 +214,7 @@ def _page_kernel_gluon(
     groups share one accumulator; else the boosted values take a second ``P^T`` of their own. With
     ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
     ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
-    rows, no MMA of their own), only their high bits have A tiles.
-
-    ``KSTATIC`` (a static mask: ``KIDX`` with page stride 0): the slot map and the query rows at the
-    boosted channels are read once per program, and each page's key scales at those channels are
-    loaded a page ahead (no per-page map copy, no dependent gathers in the page's critical path)."""
+    rows, no MMA of their own), only their high bits have A tiles."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
@@ -254,12 +248,6 @@ def _page_kernel_gluon(
     if KBOOST:  # the boosted channels as the K of the high-bit MMA: (16 slots x 8 heads) B operand
         qh_ptr = Q + b * s_qb + (h * GQ + qhd)[None, :] * s_qh
         kh_base = KHI + b * s_khb + h * s_khh
-        if KSTATIC:  # the map, the query rows (x 4: high bits) once; the key scales a page ahead
-            hs = _perm4(gl.arange(0, 16, layout=gl.SliceLayout(1, lb4)))  # slots in _graw4's order
-            hch = gl.load(sidx + hs).to(gl.int32)
-            qfh = gl.load(qh_ptr + hch[:, None], mask=qmask, other=0.0).to(gl.float32) * (4.0 * qk_scale)
-            ksh_ptr = KSC + ks_base + hch
-            sch_next = gl.load(ksh_ptr + i0 * s_ksp, mask=(hs * 0 + i0) < i1, other=0.0)
     else:
         kh_base = k_base
     if VBOOST:  # A tiles with the 16 slots as rows; each row's plane from its own mask
@@ -309,8 +297,7 @@ def _page_kernel_gluon(
     for d in gl.static_range(STAGES - 1):
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
                     k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
-                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, KSTATIC,
-                    VGATHER)  # fmt: skip
+                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
     for pg in range(i0, i1):
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
         if VGATHER:  # the boosted channels' plane masks (re-read per page, as below)
@@ -322,8 +309,7 @@ def _page_kernel_gluon(
             _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
             _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s,
                         vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
-                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, KSTATIC,
-                    VGATHER)  # fmt: skip
+                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
             slot = g % STAGES
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
@@ -331,10 +317,7 @@ def _page_kernel_gluon(
                 qs0 = (qf * sc[:, None]).to(gl.float16)
                 qs = _perm4_rows(qs0, D, lb4)  # k in _graw4's order
                 bias = gl.convert_layout(gl.sum(qf * zr[:, None], axis=0), cols_l)
-                if KSTATIC:
-                    qh = (qfh * sch_next.to(gl.float32)[:, None]).to(gl.float16)
-                    sch_next = gl.load(ksh_ptr + (pg + 1) * s_ksp, mask=(hs * 0 + pg + 1) < i1, other=0.0)
-                elif KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
+                if KBOOST:  # the boosted channels' rows of q s (x 4: high bits), slots in _graw4's order;
                     # the page's map came with the step's copy (was a global load per page; gathering
                     # the rows of qs0 in registers instead: +620 loop instructions of shuffles)
                     hch = _perm4_vec(ki_s.index(slot), 16, gl.SliceLayout(1, lb4)).to(gl.int32)

@@ -220,8 +220,7 @@ def decode_attention(
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
     flight, default 2; 3 was 1-15% slower on the H200), ``maxnreg`` (default 168; with boosted
     values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
-    columns, default True), ``kstatic`` (static masks: the slot map and the query's boosted rows read
-    once per program, the boosted key scales a page ahead; default True), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
+    columns, default True), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
     ``resident`` programs per SM, default 12, with boosted values 8; ``"sm32"``: about 32 programs
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
@@ -286,10 +285,8 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gk = dict(_gluon or {})
-    if set(gk) - {"stages", "maxnreg", "dup", "kstatic", "split", "resident"}:
-        raise ValueError(
-            f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'kstatic' / 'split' / 'resident'"
-        )
+    if set(gk) - {"stages", "maxnreg", "dup", "split", "resident"}:
+        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'split' / 'resident'")
     if gk.get("split", "sm32") not in ("sm32", "waves"):
         raise ValueError(f"_gluon split={gk['split']!r}: expected 'sm32' or 'waves'")
     if not isinstance(gk.get("resident", 1), int) or gk.get("resident", 1) < 1:
@@ -402,8 +399,7 @@ def decode_attention(
                 o_acc, o_m, o_l,
                 scaling * LOG2E, H, ns, nslot,
                 GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
-                DUP=vboost and GQ <= 4 and gk.get("dup", True),
-                KSTATIC=kboost and st.k_idx is None and gk.get("kstatic", True), num_warps=1,
+                DUP=vboost and GQ <= 4 and gk.get("dup", True), num_warps=1,
                 **({"maxnreg": reg} if reg else {}),
             )  # fmt: skip
         elif ns:
