@@ -241,7 +241,7 @@ def _rest_split_kernel(
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
     BN: tl.constexpr, BTF: tl.constexpr, BTQ: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
     NBV: tl.constexpr, KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
-    KDYN: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr,
+    KDYN: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr, PART: tl.constexpr = 0,
 ):  # fmt: skip
     """The rest in two lean loops (same arguments and partials as :func:`_rest_kernel`).
 
@@ -254,7 +254,8 @@ def _rest_split_kernel(
     branches). Boosted keys add ``(4 q * scale)[idx] . hi`` (a K = NBP dot) to the logits; boosted
     values (a static mask's own scale group) add ``p . (v_boosted - v_dense)`` into a slot
     accumulator that one dot maps onto the channels at the end. Program ``j`` takes tiles
-    ``j, j + NREST, ...`` of the list ``[16-bit tiles, tail tiles]``."""
+    ``j, j + NREST, ...`` of the list ``[16-bit tiles, tail tiles]`` (``PART`` 1: of the 16-bit tiles
+    only; 2: of the tail tiles only; its partial goes to slot ``NSPLIT + j``)."""
     bh = tl.program_id(0)
     j = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -288,7 +289,8 @@ def _rest_split_kernel(
     vn_ptr = VN + b * s_nb + h * s_nh
     # 16-bit tokens: token u of the class is sink token u (u < ns), else token qe + u - ns
     tf = tl.arange(0, BTF)
-    for i in tl.range(j, n16t, NREST, num_stages=STAGES):
+    n16p = 0 if PART == 2 else n16t  # (a 16-bit loop of no tiles: its registers stay those of the tail's)
+    for i in tl.range(j, n16p, NREST, num_stages=STAGES):
         u = i * BTF + tf
         ok = u < n16
         t = tl.where(u < ns, u, u - ns + qe)
@@ -302,108 +304,113 @@ def _rest_split_kernel(
         s = tl.dot(qd, tl.trans(kt)) * qk_scale
         p, alpha, m_i, l_i = _online_softmax(s, ok, m_i, l_i)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt_)
-    # the quantized tail: BTQ-token tiles from qs, each inside one key page (BTQ | P, qs - S = k BN)
-    # tile row r holds token t0 + 4 (r % (BTQ/4)) + r // (BTQ/4) (any order serves the softmax): the
-    # value bytes of rows r..r+BTQ/4-1 are then consecutive in the interleaved layout (vector loads)
-    tq = tl.arange(0, BTQ)
-    tq = 4 * (tq % (BTQ // 4)) + tq // (BTQ // 4)
-    sb = tl.arange(0, NBP)
-    sb_ok = sb < NB
-    klo_ptr = KLO + b * s_klb + h * s_klh
-    khi_ptr = KHI + b * s_khb + h * s_khh
-    kidx_ptr = KIDX + b * s_kib + h * s_kih
-    ksc_ptr = KSC + b * s_ksb + h * s_ksh
-    kzr_ptr = KZR + b * s_ksb + h * s_ksh
-    vlo_ptr = VLO + b * s_vlb + h * s_vlh
-    vhi_ptr = VHI + b * s_vhb + h * s_vhh
-    vsc_ptr = VSC + b * s_vsb + h * s_vsh
-    vzr_ptr = VZR + b * s_vsb + h * s_vsh
-    q_ok = (m_ar < GQ)[:, None] & sb_ok[None, :]
-    if KBOOST and not KDYN:  # a static mask: the same channels on every page
-        kid0 = tl.load(kidx_ptr + sb, mask=sb_ok, other=0).to(tl.int32)
-        q4b0 = tl.load(q_ptr + kid0[None, :], mask=q_ok, other=0.0).to(tl.float32) * 4.0  # (BM, NBP)
-    if VBOOST:  # slots padded to 32 (an N = 16 dot would make Triton replicate the loop's MMAs 4x)
-        sv = tl.arange(0, NBV)
-        sv_ok = sv < NB
-        vid = tl.load(VIDX + h * NB + sv, mask=sv_ok, other=0).to(tl.int32)
-        acc_b = tl.zeros((BM, NBV), tl.float32)  # p . (v - v_dense) per boosted slot
-    jq = (j + NREST - n16t % NREST) % NREST
-    for i in tl.range(jq, nqt, NREST, num_stages=STAGES):
-        t0 = qs + i * BTQ
-        t = t0 + tq
-        rel = t - S
-        ok = t < qe
-        in_kq = ok & (t < kq_end)
-        in_vq = ok & (t < vq_end)
-        k16 = ok & (t >= kq_end)
-        v16 = ok & (t >= vq_end)
-        pg = (t0 - S) // P  # the tile's key page
-        prow = rel - pg * P
-        sh = (2 * (prow % 4))[:, None]
-        pg_ok = (d * 0 + pg) < npg  # (a tensor mask: the interpreter mishandles scalar & tensor)
-        kb8 = tl.load(
-            klo_ptr + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :], mask=in_kq[:, None], other=0
-        )
-        ksc = tl.load(ksc_ptr + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
-        kzr = tl.load(kzr_ptr + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
-        kx = tl.load(kb_ptr + (t - kq_end)[:, None] * s_kbt + d[None, :], mask=k16[:, None], other=0.0)
-        # value bytes under a tile-wide mask (constant along tokens: vector loads; rows past the
-        # quantized values read their step's unused bytes and get zero scales)
-        tile_vq = (tl.zeros((BTQ, 1), tl.int32) + t0) < vq_end
-        vo = vil_offset(rel[:, None], (d // 4)[None, :], s_vls, s_vlj)
-        if ALIGNED:  # (and the step strides are multiples of 16: runs of BTQ/4 bytes from a multiple)
-            vo = tl.max_contiguous(tl.multiple_of(vo, [BTQ // 4, 1]), [BTQ // 4, 1])
-        vb8 = tl.load(vlo_ptr + vo, mask=tile_vq, other=0)
-        vs0 = tl.load(vsc_ptr + rel * s_vst, mask=in_vq, other=0.0).to(tl.float32)
-        vz0 = tl.load(vzr_ptr + rel * s_vst, mask=in_vq, other=0.0).to(tl.float32)
-        vx = tl.load(vw_ptr + (t - vq_end)[:, None] * s_vwt + d[None, :], mask=v16[:, None], other=0.0)
-        if KBOOST:
-            sb_pg = sb_ok & ((sb * 0 + pg) < npg)
-            if KDYN:  # Kitty: this page's channels
-                kid = tl.load(kidx_ptr + pg * s_kip + sb, mask=sb_pg, other=0).to(tl.int32)
-                q4b = tl.load(q_ptr + kid[None, :], mask=q_ok, other=0.0).to(tl.float32) * 4.0
-            else:
-                kid = kid0
-                q4b = q4b0
-            kscb = tl.load(ksc_ptr + pg * s_ksp + kid, mask=sb_pg, other=0.0).to(tl.float32)
-            kh8 = tl.load(
-                khi_ptr + pg * s_khp + (prow // 4)[:, None] * s_khr + sb[None, :],
-                mask=in_kq[:, None] & sb_ok[None, :],
-                other=0,
+    if PART != 1:
+        # the quantized tail: BTQ-token tiles from qs, each inside one key page (BTQ | P, qs - S = k BN)
+        # tile row r holds token t0 + 4 (r % (BTQ/4)) + r // (BTQ/4) (any order serves the softmax): the
+        # value bytes of rows r..r+BTQ/4-1 are then consecutive in the interleaved layout (vector loads)
+        tq = tl.arange(0, BTQ)
+        tq = 4 * (tq % (BTQ // 4)) + tq // (BTQ // 4)
+        sb = tl.arange(0, NBP)
+        sb_ok = sb < NB
+        klo_ptr = KLO + b * s_klb + h * s_klh
+        khi_ptr = KHI + b * s_khb + h * s_khh
+        kidx_ptr = KIDX + b * s_kib + h * s_kih
+        ksc_ptr = KSC + b * s_ksb + h * s_ksh
+        kzr_ptr = KZR + b * s_ksb + h * s_ksh
+        vlo_ptr = VLO + b * s_vlb + h * s_vlh
+        vhi_ptr = VHI + b * s_vhb + h * s_vhh
+        vsc_ptr = VSC + b * s_vsb + h * s_vsh
+        vzr_ptr = VZR + b * s_vsb + h * s_vsh
+        q_ok = (m_ar < GQ)[:, None] & sb_ok[None, :]
+        if KBOOST and not KDYN:  # a static mask: the same channels on every page
+            kid0 = tl.load(kidx_ptr + sb, mask=sb_ok, other=0).to(tl.int32)
+            q4b0 = tl.load(q_ptr + kid0[None, :], mask=q_ok, other=0.0).to(tl.float32) * 4.0  # (BM, NBP)
+        if VBOOST:  # slots padded to 32 (an N = 16 dot would make Triton replicate the loop's MMAs 4x)
+            sv = tl.arange(0, NBV)
+            sv_ok = sv < NB
+            vid = tl.load(VIDX + h * NB + sv, mask=sv_ok, other=0).to(tl.int32)
+            acc_b = tl.zeros((BM, NBV), tl.float32)  # p . (v - v_dense) per boosted slot
+        jq = j if PART == 2 else (j + NREST - n16t % NREST) % NREST
+        for i in tl.range(jq, nqt, NREST, num_stages=STAGES):
+            t0 = qs + i * BTQ
+            t = t0 + tq
+            rel = t - S
+            ok = t < qe
+            in_kq = ok & (t < kq_end)
+            in_vq = ok & (t < vq_end)
+            k16 = ok & (t >= kq_end)
+            v16 = ok & (t >= vq_end)
+            pg = (t0 - S) // P  # the tile's key page
+            prow = rel - pg * P
+            sh = (2 * (prow % 4))[:, None]
+            pg_ok = (d * 0 + pg) < npg  # (a tensor mask: the interpreter mishandles scalar & tensor)
+            kb8 = tl.load(
+                klo_ptr + pg * s_klp + (prow // 4)[:, None] * s_klr + d[None, :], mask=in_kq[:, None], other=0
             )
-        if VBOOST:
-            vok = tile_vq & sv_ok[None, :]
-            lo_o = vil_offset(rel[:, None], (vid // 4)[None, :], s_vls, s_vlj)
-            hi_o = vil_offset(rel[:, None], (sv // 4)[None, :], s_vhs, s_vhj)
-            if ALIGNED:
-                lo_o = tl.max_contiguous(tl.multiple_of(lo_o, [BTQ // 4, 1]), [BTQ // 4, 1])
-                hi_o = tl.max_contiguous(tl.multiple_of(hi_o, [BTQ // 4, 1]), [BTQ // 4, 1])
-            lb8 = tl.load(vlo_ptr + lo_o, mask=vok, other=0)
-            hb8 = tl.load(vhi_ptr + hi_o, mask=vok, other=0)
-            vs1 = tl.load(vsc_ptr + rel * s_vst + 1, mask=in_vq, other=0.0).to(tl.float32)
-            vz1 = tl.load(vzr_ptr + rel * s_vst + 1, mask=in_vq, other=0.0).to(tl.float32)
-        # keys, rounded to the model dtype as the reference does, then fp16 operands (exact for bf16
-        # values within fp16's range: the interpreter has no bf16 dot and fp16 keeps p more precisely)
-        kcode = (kb8.to(tl.int32) >> sh) & 3
-        kf = tl.where(in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], kx.to(tl.float32))
-        s = tl.dot(qd, tl.trans(kf.to(Q.dtype.element_ty).to(tl.float16)))
-        if KBOOST:  # + 4 hi * scale on the boosted channels: (4 q * scale)[idx] . hi
-            hcode = (kh8.to(tl.int32) >> sh) & 3
-            s = tl.dot((q4b * kscb[None, :]).to(tl.float16), tl.trans(hcode.to(tl.float16)), s)
-        p, alpha, m_i, l_i = _online_softmax(s * qk_scale, ok, m_i, l_i)
-        vcode = (vb8.to(tl.int32) >> (2 * (d % 4))[None, :]) & 3
-        vf = vcode.to(tl.float32) * vs0[:, None] + vz0[:, None]  # 0 on rows past the quantized values
-        p16 = p.to(tl.float16)
-        vt = tl.where(in_vq[:, None], vf.to(Q.dtype.element_ty).to(tl.float16), vx.to(tl.float16))
-        acc = acc * alpha[:, None] + tl.dot(p16, vt)
-        if VBOOST:  # boosted channels: (lo + 4 hi) * s1 + z1 instead of lo * s0 + z0, both rounded
-            lo_b = ((lb8.to(tl.int32) >> (2 * (vid % 4))[None, :]) & 3).to(tl.float32)
-            hi_b = ((hb8.to(tl.int32) >> (2 * (sv % 4))[None, :]) & 3).to(tl.float32)
-            vb = ((lo_b + 4.0 * hi_b) * vs1[:, None] + vz1[:, None]).to(Q.dtype.element_ty).to(tl.float32)
-            vd = (lo_b * vs0[:, None] + vz0[:, None]).to(Q.dtype.element_ty).to(tl.float32)
-            dv = tl.where(sv_ok[None, :], vb - vd, 0.0)  # 0 on rows past the quantized values (zero scales)
-            acc_b = acc_b * alpha[:, None] + tl.dot(p16, dv.to(tl.float16))
-    if VBOOST:  # slots -> channels
+            ksc = tl.load(ksc_ptr + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+            kzr = tl.load(kzr_ptr + pg * s_ksp + d, mask=pg_ok, other=0.0).to(tl.float32)
+            kx = tl.load(kb_ptr + (t - kq_end)[:, None] * s_kbt + d[None, :], mask=k16[:, None], other=0.0)
+            # value bytes under a tile-wide mask (constant along tokens: vector loads; rows past the
+            # quantized values read their step's unused bytes and get zero scales)
+            tile_vq = (tl.zeros((BTQ, 1), tl.int32) + t0) < vq_end
+            vo = vil_offset(rel[:, None], (d // 4)[None, :], s_vls, s_vlj)
+            if ALIGNED:  # (and the step strides are multiples of 16: runs of BTQ/4 bytes from a multiple)
+                vo = tl.max_contiguous(tl.multiple_of(vo, [BTQ // 4, 1]), [BTQ // 4, 1])
+            vb8 = tl.load(vlo_ptr + vo, mask=tile_vq, other=0)
+            vs0 = tl.load(vsc_ptr + rel * s_vst, mask=in_vq, other=0.0).to(tl.float32)
+            vz0 = tl.load(vzr_ptr + rel * s_vst, mask=in_vq, other=0.0).to(tl.float32)
+            vx = tl.load(vw_ptr + (t - vq_end)[:, None] * s_vwt + d[None, :], mask=v16[:, None], other=0.0)
+            if KBOOST:
+                sb_pg = sb_ok & ((sb * 0 + pg) < npg)
+                if KDYN:  # Kitty: this page's channels
+                    kid = tl.load(kidx_ptr + pg * s_kip + sb, mask=sb_pg, other=0).to(tl.int32)
+                    q4b = tl.load(q_ptr + kid[None, :], mask=q_ok, other=0.0).to(tl.float32) * 4.0
+                else:
+                    kid = kid0
+                    q4b = q4b0
+                kscb = tl.load(ksc_ptr + pg * s_ksp + kid, mask=sb_pg, other=0.0).to(tl.float32)
+                kh8 = tl.load(
+                    khi_ptr + pg * s_khp + (prow // 4)[:, None] * s_khr + sb[None, :],
+                    mask=in_kq[:, None] & sb_ok[None, :],
+                    other=0,
+                )
+            if VBOOST:
+                vok = tile_vq & sv_ok[None, :]
+                lo_o = vil_offset(rel[:, None], (vid // 4)[None, :], s_vls, s_vlj)
+                hi_o = vil_offset(rel[:, None], (sv // 4)[None, :], s_vhs, s_vhj)
+                if ALIGNED:
+                    lo_o = tl.max_contiguous(tl.multiple_of(lo_o, [BTQ // 4, 1]), [BTQ // 4, 1])
+                    hi_o = tl.max_contiguous(tl.multiple_of(hi_o, [BTQ // 4, 1]), [BTQ // 4, 1])
+                lb8 = tl.load(vlo_ptr + lo_o, mask=vok, other=0)
+                hb8 = tl.load(vhi_ptr + hi_o, mask=vok, other=0)
+                vs1 = tl.load(vsc_ptr + rel * s_vst + 1, mask=in_vq, other=0.0).to(tl.float32)
+                vz1 = tl.load(vzr_ptr + rel * s_vst + 1, mask=in_vq, other=0.0).to(tl.float32)
+            # keys, rounded to the model dtype as the reference does, then fp16 operands (exact for bf16
+            # values within fp16's range: the interpreter has no bf16 dot and fp16 keeps p more precisely)
+            kcode = (kb8.to(tl.int32) >> sh) & 3
+            kf = tl.where(
+                in_kq[:, None], kcode.to(tl.float32) * ksc[None, :] + kzr[None, :], kx.to(tl.float32)
+            )
+            s = tl.dot(qd, tl.trans(kf.to(Q.dtype.element_ty).to(tl.float16)))
+            if KBOOST:  # + 4 hi * scale on the boosted channels: (4 q * scale)[idx] . hi
+                hcode = (kh8.to(tl.int32) >> sh) & 3
+                s = tl.dot((q4b * kscb[None, :]).to(tl.float16), tl.trans(hcode.to(tl.float16)), s)
+            p, alpha, m_i, l_i = _online_softmax(s * qk_scale, ok, m_i, l_i)
+            vcode = (vb8.to(tl.int32) >> (2 * (d % 4))[None, :]) & 3
+            vf = vcode.to(tl.float32) * vs0[:, None] + vz0[:, None]  # 0 on rows past the quantized values
+            p16 = p.to(tl.float16)
+            vt = tl.where(in_vq[:, None], vf.to(Q.dtype.element_ty).to(tl.float16), vx.to(tl.float16))
+            acc = acc * alpha[:, None] + tl.dot(p16, vt)
+            if VBOOST:  # boosted channels: (lo + 4 hi) * s1 + z1 instead of lo * s0 + z0, both rounded
+                lo_b = ((lb8.to(tl.int32) >> (2 * (vid % 4))[None, :]) & 3).to(tl.float32)
+                hi_b = ((hb8.to(tl.int32) >> (2 * (sv % 4))[None, :]) & 3).to(tl.float32)
+                vb = ((lo_b + 4.0 * hi_b) * vs1[:, None] + vz1[:, None]).to(Q.dtype.element_ty).to(tl.float32)
+                vd = (lo_b * vs0[:, None] + vz0[:, None]).to(Q.dtype.element_ty).to(tl.float32)
+                dv = tl.where(
+                    sv_ok[None, :], vb - vd, 0.0
+                )  # 0 on rows past the quantized values (zero scales)
+                acc_b = acc_b * alpha[:, None] + tl.dot(p16, dv.to(tl.float16))
+    if VBOOST and PART != 1:  # slots -> channels
         onehot = ((vid[:, None] == d[None, :]) & sv_ok[:, None]).to(tl.float32)  # (NBV, D)
         acc += tl.dot(acc_b, onehot, input_precision="ieee")
     o_base = (bh * NSLOT + NSPLIT + j) * GQ

@@ -63,11 +63,12 @@ LOG2E = 1.4426950408889634
 _SIDE: dict = {}
 
 
-def _side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
-    """One side stream per device and priority (created once, reused by graph replays): the rest
-    kernel's (priority 0) and, with ``_launch={"priority": p}``, the page kernel's."""
+def _side_stream(device: torch.device, priority: int = 0, slot: int = 0) -> torch.cuda.Stream:
+    """One side stream per device, priority and slot (created once, reused by graph replays): the
+    rest kernel's (priority 0; slot 1: the second rest launch with ``_rest={"parts": 2}``) and, with
+    ``_launch={"priority": p}``, the page kernel's."""
     idx = torch.device(device).index
-    key = (idx if idx is not None else torch.cuda.current_device(), priority)
+    key = (idx if idx is not None else torch.cuda.current_device(), priority, slot)
     if key not in _SIDE:
         _SIDE[key] = torch.cuda.Stream(device=device, priority=priority)
     return _SIDE[key]
@@ -116,6 +117,20 @@ def n_rest(
     return max(1, min(64, round(2 * per_sm * n_sm / (B * H))))
 
 
+def n_rest_parts(
+    cfg, BN: int, BT: int, BTQ: int, n_sm: int, B: int, H: int, per_sm: float
+) -> tuple[int, int]:
+    """Programs per (row, KV head) of the split rest kernel's two parts launched apart: the 16-bit
+    tiles (at most ``ceil((S + max(P, W) + 2) / BT)``) and the quantized tail (at most
+    ``ceil((BN + max(P, W)) / BTQ)``), each about ``per_sm`` per SM in all, at most one per tile."""
+    pw = max(cfg.page_size, cfg.window)
+    fill = round(per_sm * n_sm / (B * H))
+    return (
+        max(1, min(-(-(cfg.n_sink + pw + 2) // BT), fill)),
+        max(1, min(-(-(BN + pw) // BTQ), fill)),
+    )
+
+
 @functools.lru_cache(maxsize=4096)  # (called per layer and step: the search is O(n_pages))
 def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
     """Gluon page programs per (row, KV head) that fill whole waves: the split whose programs
@@ -134,7 +149,7 @@ def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
     return min(range(1, max(1, n_pages // 2) + 1), key=cost)
 
 
-REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg")
+REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg", "parts")
 
 
 def rest_options(opts: dict | None, page_size: int) -> dict:
@@ -148,7 +163,9 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
     tiles (16, 32 or 64 dividing the page size; default 32 when it divides, else 16). ``stages``: the
     split loops' software pipelining (``tl.range`` num_stages; 1, the default: none). ``per_sm``:
     rest programs per SM that :func:`n_rest` aims at (default 2). ``maxnreg``: register cap (None:
-    none)."""
+    none). ``parts``: 1 (default) or 2 (``"split"`` with page tiles: the 16-bit tiles and the
+    quantized tail in two launches side by side, each with its own programs, see
+    :func:`n_rest_parts`)."""
     o = dict(opts or {})
     bad = sorted(set(o) - set(REST_KEYS))
     if bad:
@@ -156,7 +173,7 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
     fit = 32 if page_size % 32 == 0 else 16
     impl = o.get("impl", "split")
     o = {"impl": impl, "bt": 64 if impl == "split" else fit, "btq": fit, "stages": 1, "per_sm": 2.0,
-         "maxnreg": None, **o}  # fmt: skip
+         "maxnreg": None, "parts": 1, **o}  # fmt: skip
     if impl not in ("split", "tiles"):
         raise ValueError(f"_rest impl={impl!r}: expected 'split' or 'tiles'")
     if impl == "tiles" and (o["bt"] not in (16, 32, 64) or page_size % o["bt"]):
@@ -171,6 +188,8 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
         raise ValueError(f"_rest stages={o['stages']}: expected 1..4")
     if not o["per_sm"] > 0:
         raise ValueError(f"_rest per_sm={o['per_sm']}: expected > 0")
+    if o["parts"] not in (1, 2) or (o["parts"] == 2 and impl != "split"):
+        raise ValueError(f"_rest parts={o['parts']}: expected 1, or 2 with impl 'split'")
     if o["maxnreg"] is not None and o["maxnreg"] not in range(24, 256):
         raise ValueError(f"_rest maxnreg={o['maxnreg']}: expected None or 24..255")
     return o
@@ -314,12 +333,23 @@ def decode_attention(
         ns = split_count(B, H, n_tiles, n_sm, waves, per_sm)
     ns = ns if paged else 0
     split = ro["impl"] == "split"
-    if rest_programs is None:
+    two = ro["parts"] == 2 and paged
+    if two:  # (rest_programs: per part)
+        nr16, nrq = (
+            n_rest_parts(c, BN, ro["bt"], ro["btq"], n_sm, B, H, ro["per_sm"])
+            if rest_programs is None
+            else (rest_programs, rest_programs)
+        )
+        nr = nr16 + nrq
+        rest_slots = {1: (ns, nr16), 2: (ns + nr16, nrq)}  # part -> (first slot, programs per row)
+    elif rest_programs is None:
         nr = n_rest(c, BN, ro["bt"], paged, n_sm, B, H, ro["per_sm"], ro["btq"] if split else None)
     else:
         nr = rest_programs
     if nr < 1:
         raise ValueError(f"rest_programs={rest_programs}: expected >= 1")
+    if not two:
+        rest_slots = {0: (ns, nr)}
     nslot = ns + nr
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
@@ -354,7 +384,9 @@ def decode_attention(
     if set(lo) - {"order", "priority"} or lo["order"] not in ("page", "rest") or lo["priority"] > 0:
         raise ValueError(f"_launch={_launch}: expected order 'page'/'rest' and priority <= 0")
 
-    def launch_rest():
+    def launch_rest(part: int = 0):
+        """The rest kernel; ``part`` 1 / 2: the 16-bit tiles / the quantized tail alone."""
+        first, n_prog = rest_slots[part]
         common = (
             q, q.stride(0), q.stride(1),
             st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
@@ -364,14 +396,14 @@ def decode_attention(
             kn, vn, *nstr,
             st.n_real, st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
-            scaling * LOG2E, H, ns, nr, nslot,
+            scaling * LOG2E, H, first, n_prog, nslot,
         )  # fmt: skip
         meta = dict(GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, NB=nb, NBP=NBP, KBOOST=kboost, VBOOST=vboost,
                     PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None, num_warps=rest_warps or 4,
                     **({"maxnreg": ro["maxnreg"]} if ro["maxnreg"] else {}))  # fmt: skip
         if split:
-            _rest_split_kernel[(B * H, nr)](
-                *common, BTF=ro["bt"], BTQ=ro["btq"], NBV=max(32, NBP), STAGES=ro["stages"],
+            _rest_split_kernel[(B * H, n_prog)](
+                *common, BTF=ro["bt"], BTQ=ro["btq"], NBV=max(32, NBP), STAGES=ro["stages"], PART=part,
                 ALIGNED=_rows_aligned(st.sink_k, st.sink_v, st.k_buf, st.v_win, kn, vn)
                 and all(x % 16 == 0 for x in (*st.v_lo.stride()[2:4], *vhs[2:4])),
                 num_stages=ro["stages"], **meta,
@@ -416,7 +448,8 @@ def decode_attention(
 
     cur = torch.cuda.current_stream(q.device) if q.device.type == "cuda" else None
     if side is None:
-        launch_rest()
+        for part in (1, 2) if two else (0,):
+            launch_rest(part)
         launch_page()
     else:  # the rest runs beside the page kernel (a graph capture records the forks and joins); the
         # outputs are freed only after the joins below, so no record_stream is needed
@@ -424,10 +457,16 @@ def decode_attention(
         pst = _side_stream(q.device, lo["priority"]) if lo["priority"] else cur
         if pst is not cur:
             pst.wait_stream(cur)
+        side2 = _side_stream(q.device, 0, 1) if two else None
+        if side2 is not None:
+            side2.wait_stream(cur)
         for part in ("page", "rest") if lo["order"] == "page" else ("rest", "page"):
             if part == "rest":
                 with torch.cuda.stream(side):
-                    launch_rest()
+                    launch_rest(1 if two else 0)
+                if side2 is not None:  # the quantized tail beside the 16-bit tiles
+                    with torch.cuda.stream(side2):
+                        launch_rest(2)
             else:
                 with torch.cuda.stream(pst):
                     launch_page()
@@ -435,6 +474,8 @@ def decode_attention(
             cur.wait_stream(pst)
     if side is not None:
         torch.cuda.current_stream(q.device).wait_stream(side)
+        if two:
+            torch.cuda.current_stream(q.device).wait_stream(side2)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _combine_kernel[(B * H, GQ)](
         o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D

@@ -193,6 +193,9 @@ def test_rest_kernel_sources(method, impl, R, device):
         pytest.param({"bt": 128, "btq": 64}, 1, marks=pytest.mark.slow),
         pytest.param({"bt": 32, "btq": 32, "stages": 2}, 3, marks=pytest.mark.slow),
         ({"per_sm": 0.01}, None),  # one program per (row, head): strides over every tile
+        ({"parts": 2}, None),  # the 16-bit tiles and the quantized tail launched apart
+        ({"parts": 2, "per_sm": 0.01}, None),
+        pytest.param({"parts": 2, "bt": 16, "btq": 16}, 2, marks=pytest.mark.slow),
     ],
 )
 def test_split_rest_variants(rest, programs, device):
@@ -207,7 +210,7 @@ def test_rest_options_validate():
     from fcboost.kernels.decode_attention import rest_options
 
     assert rest_options(None, 128) == {"impl": "split", "bt": 64, "btq": 32, "stages": 1, "per_sm": 2.0,
-                                       "maxnreg": None}  # fmt: skip
+                                       "maxnreg": None, "parts": 1}  # fmt: skip
     assert rest_options({"impl": "tiles"}, 48)["bt"] == 16
     with pytest.raises(ValueError, match=r"unknown keys \['bq', 'warps'\]"):
         rest_options({"bq": 32, "warps": 8}, 128)
@@ -219,6 +222,10 @@ def test_rest_options_validate():
         rest_options({"impl": "tiles", "bt": 128}, 128)
     with pytest.raises(ValueError, match="stages=0"):
         rest_options({"stages": 0}, 128)
+    with pytest.raises(ValueError, match="parts=2: expected 1, or 2 with impl 'split'"):
+        rest_options({"parts": 2, "impl": "tiles"}, 128)
+    with pytest.raises(ValueError, match="parts=3"):
+        rest_options({"parts": 3}, 128)
 
 
 def test_n_rest_split_geometry():
@@ -232,6 +239,18 @@ def test_n_rest_split_geometry():
     assert n_rest(cfg, 128, 64, True, 132, 64, 8, BTQ=32) == 1
     assert n_rest(cfg, 128, 32, True, 132, 1, 8) == 10  # the tile kernel: 1 + ceil(257 / 32)
     assert n_rest(cfg, 128, 64, False, 132, 2, 8, BTQ=32) == 33  # no page tiles: 4 per SM
+
+
+def test_n_rest_parts_geometry():
+    """The two rest launches' programs per (row, head): at most 3 16-bit tiles of 64 (S + W + 2 = 162
+    tokens) and 8 tail tiles of 32 ((BN + W) / 32), each about per_sm per SM in all."""
+    from fcboost.kernels.decode_attention import n_rest_parts
+
+    cfg = _cfg("kivi", **PAPER)
+    assert n_rest_parts(cfg, 128, 64, 32, 132, 1, 8, 2.0) == (3, 8)  # round(264 / 8) = 33: capped
+    assert n_rest_parts(cfg, 128, 64, 32, 132, 8, 8, 2.0) == (3, 4)  # round(264 / 64) = 4
+    assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 8.0) == (2, 2)  # round(1056 / 512) = 2
+    assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 2.0) == (1, 1)
 
 
 def test_rows_aligned():
