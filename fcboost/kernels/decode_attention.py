@@ -118,17 +118,16 @@ def n_rest(
 
 
 def n_rest_parts(
-    cfg, BN: int, BT: int, BTQ: int, n_sm: int, B: int, H: int, per_sm: float
+    cfg, BN: int, BT: int, BTQ: int, n_sm: int, B: int, H: int, per_sm: float, all16: bool = False
 ) -> tuple[int, int]:
     """Programs per (row, KV head) of the split rest kernel's two parts launched apart: the 16-bit
     tiles (at most ``ceil((S + max(P, W) + 2) / BT)``) and the quantized tail (at most
-    ``ceil((BN + max(P, W)) / BTQ)``), each about ``per_sm`` per SM in all, at most one per tile."""
+    ``ceil((BN + max(P, W)) / BTQ)``), each about ``per_sm`` per SM in all, at most one per tile;
+    ``all16``: one program per 16-bit tile (the one-warp Gluon programs)."""
     pw = max(cfg.page_size, cfg.window)
     fill = round(per_sm * n_sm / (B * H))
-    return (
-        max(1, min(-(-(cfg.n_sink + pw + 2) // BT), fill)),
-        max(1, min(-(-(BN + pw) // BTQ), fill)),
-    )
+    t16 = -(-(cfg.n_sink + pw + 2) // BT)
+    return max(1, t16 if all16 else min(t16, fill)), max(1, min(-(-(BN + pw) // BTQ), fill))
 
 
 @functools.lru_cache(maxsize=4096)  # (called per layer and step: the search is O(n_pages))
@@ -149,7 +148,7 @@ def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
     return min(range(1, max(1, n_pages // 2) + 1), key=cost)
 
 
-REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg", "parts")
+REST_KEYS = ("impl", "bt", "btq", "stages", "per_sm", "maxnreg", "parts", "impl16")
 
 
 def rest_options(opts: dict | None, page_size: int) -> dict:
@@ -165,7 +164,9 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
     rest programs per SM that :func:`n_rest` aims at (default 2). ``maxnreg``: register cap (None:
     none). ``parts``: 1 (default) or 2 (``"split"`` with page tiles: the 16-bit tiles and the
     quantized tail in two launches side by side, each with its own programs, see
-    :func:`n_rest_parts`)."""
+    :func:`n_rest_parts`). ``impl16``: with two parts, the 16-bit part's kernel: ``"triton"`` (default)
+    or ``"gluon"`` (:mod:`fcboost.kernels.attention_rest_gluon`, ``bt`` 16, 32 or 64; where it cannot
+    serve the call, see :func:`rest16_gluon_unsupported`, the Triton one runs)."""
     o = dict(opts or {})
     bad = sorted(set(o) - set(REST_KEYS))
     if bad:
@@ -173,7 +174,7 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
     fit = 32 if page_size % 32 == 0 else 16
     impl = o.get("impl", "split")
     o = {"impl": impl, "bt": 64 if impl == "split" else fit, "btq": fit, "stages": 1, "per_sm": 2.0,
-         "maxnreg": None, "parts": 1, **o}  # fmt: skip
+         "maxnreg": None, "parts": 1, "impl16": "triton", **o}  # fmt: skip
     if impl not in ("split", "tiles"):
         raise ValueError(f"_rest impl={impl!r}: expected 'split' or 'tiles'")
     if impl == "tiles" and (o["bt"] not in (16, 32, 64) or page_size % o["bt"]):
@@ -190,6 +191,12 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
         raise ValueError(f"_rest per_sm={o['per_sm']}: expected > 0")
     if o["parts"] not in (1, 2) or (o["parts"] == 2 and impl != "split"):
         raise ValueError(f"_rest parts={o['parts']}: expected 1, or 2 with impl 'split'")
+    if o["impl16"] not in ("triton", "gluon") or (
+        o["impl16"] == "gluon" and (o["parts"] != 2 or o["bt"] > 64)
+    ):
+        raise ValueError(
+            f"_rest impl16={o['impl16']!r}: expected 'triton', or 'gluon' with parts 2 and bt <= 64"
+        )
     if o["maxnreg"] is not None and o["maxnreg"] not in range(24, 256):
         raise ValueError(f"_rest maxnreg={o['maxnreg']}: expected None or 24..255")
     return o
@@ -334,9 +341,10 @@ def decode_attention(
     ns = ns if paged else 0
     split = ro["impl"] == "split"
     two = ro["parts"] == 2 and paged
+    g16 = two and ro["impl16"] == "gluon" and not rest16_gluon_unsupported(q, st, kn, vn)
     if two:  # (rest_programs: per part)
         nr16, nrq = (
-            n_rest_parts(c, BN, ro["bt"], ro["btq"], n_sm, B, H, ro["per_sm"])
+            n_rest_parts(c, BN, ro["bt"], ro["btq"], n_sm, B, H, ro["per_sm"], g16)
             if rest_programs is None
             else (rest_programs, rest_programs)
         )
@@ -387,6 +395,21 @@ def decode_attention(
     def launch_rest(part: int = 0):
         """The rest kernel; ``part`` 1 / 2: the 16-bit tiles / the quantized tail alone."""
         first, n_prog = rest_slots[part]
+        if part == 1 and g16:
+            from fcboost.kernels.attention_rest_gluon import _rest16_kernel_gluon
+
+            _rest16_kernel_gluon[(B * H, n_prog)](
+                q, q.stride(0), q.stride(1),
+                st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
+                st.k_buf, *st.k_buf.stride()[:3],
+                st.v_win, *st.v_win.stride()[:3],
+                kn, vn, *nstr,
+                st.n_real, st.n_pages, st.n_vq,
+                o_acc, o_m, o_l,
+                scaling * LOG2E, H, first, n_prog, nslot,
+                GQ=GQ, D=D, S=S, P=P, BN=BN, BT=ro["bt"], PAGED=paged, HAS_NEW=has_new, num_warps=1,
+            )  # fmt: skip
+            return
         common = (
             q, q.stride(0), q.stride(1),
             st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
@@ -481,6 +504,30 @@ def decode_attention(
         o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D
     )
     return out
+
+
+def rest16_gluon_unsupported(
+    q: torch.Tensor, st: PackedKVState, kn: torch.Tensor, vn: torch.Tensor
+) -> str | None:
+    """Why the Gluon 16-bit rest kernel cannot serve a call (None: it can): CUDA sm_80+, Triton's
+    Gluon, fp16/bf16 everywhere, at most 8 query heads per KV head, head_dim 64 or 128 and 16-byte
+    aligned rows (its copies move 16 bytes per lane)."""
+    if q.device.type != "cuda":
+        return f"device {q.device.type}: the Gluon kernel runs on CUDA only"
+    try:
+        from triton.experimental import gluon  # noqa: F401
+    except ImportError:
+        return "this Triton has no Gluon"
+    if torch.cuda.get_device_capability(q.device) < (8, 0):
+        return "needs sm_80 or newer (mma.sync, cp.async)"
+    if q.dtype not in (torch.float16, torch.bfloat16) or st.sink_k.dtype != q.dtype or kn.dtype != q.dtype:
+        return f"dtypes q {q.dtype}, cache {st.sink_k.dtype}, new {kn.dtype}: expected one of fp16/bf16"
+    GQ, D = q.shape[1] // st.sink_k.shape[1], q.shape[2]
+    if GQ > 8 or D not in (64, 128):
+        return f"GQA group {GQ}, head_dim {D}: expected <= 8 and 64 or 128"
+    if not _rows_aligned(st.sink_k, st.sink_v, st.k_buf, st.v_win, kn, vn):
+        return "16-bit rows not 16-byte aligned"
+    return None
 
 
 def gluon_unsupported(q: torch.Tensor, st: PackedKVState, tile_rows: int | None = None) -> str | None:

@@ -210,7 +210,7 @@ def test_rest_options_validate():
     from fcboost.kernels.decode_attention import rest_options
 
     assert rest_options(None, 128) == {"impl": "split", "bt": 64, "btq": 32, "stages": 1, "per_sm": 2.0,
-                                       "maxnreg": None, "parts": 1}  # fmt: skip
+                                       "maxnreg": None, "parts": 1, "impl16": "triton"}  # fmt: skip
     assert rest_options({"impl": "tiles"}, 48)["bt"] == 16
     with pytest.raises(ValueError, match=r"unknown keys \['bq', 'warps'\]"):
         rest_options({"bq": 32, "warps": 8}, 128)
@@ -226,6 +226,10 @@ def test_rest_options_validate():
         rest_options({"parts": 2, "impl": "tiles"}, 128)
     with pytest.raises(ValueError, match="parts=3"):
         rest_options({"parts": 3}, 128)
+    with pytest.raises(ValueError, match="impl16='gluon': expected 'triton', or 'gluon' with parts 2"):
+        rest_options({"impl16": "gluon"}, 128)
+    with pytest.raises(ValueError, match="impl16='gluon'"):
+        rest_options({"impl16": "gluon", "parts": 2, "bt": 128}, 128)
 
 
 def test_n_rest_split_geometry():
@@ -251,6 +255,14 @@ def test_n_rest_parts_geometry():
     assert n_rest_parts(cfg, 128, 64, 32, 132, 8, 8, 2.0) == (3, 4)  # round(264 / 64) = 4
     assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 8.0) == (2, 2)  # round(1056 / 512) = 2
     assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 2.0) == (1, 1)
+
+
+def test_n_rest_parts_one_program_per_16bit_tile():
+    from fcboost.kernels.decode_attention import n_rest_parts
+
+    cfg = _cfg("kivi", **PAPER)
+    assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 2.0, all16=True) == (3, 1)
+    assert n_rest_parts(cfg, 128, 32, 32, 132, 64, 8, 2.0, all16=True) == (6, 1)  # ceil(162 / 32)
 
 
 def test_rows_aligned():
@@ -324,6 +336,32 @@ def test_gluon_page_kernel_matches_reference(dtype, method):
         out = decode_attention(q, st, 128**-0.5, kn, vn, page_impl="gluon", _gluon={"stages": stages}).float()
         assert (out - ref).norm() / ref.norm() < tol
         assert (out - tri).norm() / tri.norm() < tol / 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
+@pytest.mark.parametrize("bt", [16, 32, 64])
+def test_gluon_rest16_matches_reference(method, bt):
+    """The Gluon kernel for the rest's 16-bit tokens (``_rest={"parts": 2, "impl16": "gluon"}``) on
+    ragged rows (short rows are all rest) against the reference, over GQA groups, head dims and
+    dtypes, with and without a new token; and against the Triton 16-bit part."""
+    from fcboost.kernels.decode_attention import rest16_gluon_unsupported
+
+    cfg = _cfg(method, **PAPER)
+    lengths = [1, 33, 161, 289, 4097, 700]
+    rest = {"parts": 2, "impl16": "gluon", "bt": bt}
+    for dtype, D, G in ((torch.float16, 128, 4), (torch.bfloat16, 64, 8), (torch.bfloat16, 128, 1),
+                        (torch.float16, 64, 3)):  # fmt: skip
+        st = random_state(cfg, lengths, 2, D, dtype, "cuda", seed=G)
+        q = torch.randn(len(lengths), 2 * G, D, device="cuda", dtype=dtype)
+        kn, vn = (torch.randn(len(lengths), 2, D, device="cuda", dtype=dtype) for _ in range(2))
+        assert rest16_gluon_unsupported(q, st, kn, vn) is None  # (else the Triton part would run)
+        for new in (True, False):
+            _check(cfg, lengths, H=2, G=G, D=D, dtype=dtype, device="cuda", seed=G, new=new, _rest=rest)
+        a = decode_attention(q, st, D**-0.5, kn, vn, _rest=rest).float()
+        b = decode_attention(q, st, D**-0.5, kn, vn, _rest={"parts": 2, "bt": bt}).float()
+        assert (a - b).norm() / b.norm() < (2e-4 if dtype == torch.float16 else 4e-3)
 
 
 @pytest.mark.gpu
