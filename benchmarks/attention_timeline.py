@@ -36,7 +36,12 @@ METHODS = {
     "kitty16": KVQuantConfig.kitty(n_boost=16),
     "static_f8_bv": KVQuantConfig.static(n_boost=16, boost_values=True),
 }
-ROLES = {"_page_kernel": "page", "_rest": "rest", "_combine_kernel": "combine"}
+ROLES = {
+    "_page_kernel": "page",
+    "_rest16": "rest16",
+    "_rest": "rest",
+    "_combine_kernel": "combine",
+}  # first match
 
 
 def _role(name: str) -> str | None:
@@ -77,7 +82,9 @@ def timeline(fn, reps: int = 20) -> dict:
     out: dict = {"replays": len(runs)}
     if not runs:
         return out
-    for role in ("page", "rest", "combine"):
+    for role in ("page", "rest", "rest16", "combine"):
+        if not any(k[2] == role for r in runs for k in r):
+            continue
         d = [sum(k[1] for k in r if k[2] == role) for r in runs]
         out[f"{role}_us"] = statistics.median(d)
     out["span_us"] = statistics.median(max(k[0] + k[1] for k in r) - min(k[0] for k in r) for r in runs)
@@ -87,7 +94,15 @@ def timeline(fn, reps: int = 20) -> dict:
         sb = min((k[0] for k in r if k[2] == b), default=None)
         return None if ea is None or sb is None else sb - ea
 
-    for a, b in (("page", "combine"), ("rest", "combine")):
+    for role in ("rest", "rest16"):  # how long a rest part runs on after the page kernel
+        v = [
+            max(k[0] + k[1] for k in r if k[2] == role) - max(k[0] + k[1] for k in r if k[2] == "page")
+            for r in runs
+            if any(k[2] == "page" for k in r) and any(k[2] == role for k in r)
+        ]
+        if v:
+            out[f"{role}_end_after_page_us"] = statistics.median(v)
+    for a, b in (("page", "combine"), ("rest", "combine"), ("rest16", "combine")):
         v = [x for x in (gap(r, a, b) for r in runs) if x is not None]
         if v:
             out[f"gap_{a}_{b}_us"] = statistics.median(v)
