@@ -80,7 +80,9 @@ def sass(variants: dict) -> None:
                           VBOOST=vb, PAGED=True, HAS_NEW=True, KDYN=kd)  # fmt: skip
             if ro["impl"] == "split":
                 fn, stages = ar._rest_split_kernel, ro["stages"]
-                consts.update(BTF=ro["bt"], BTQ=ro["btq"], NBV=32, STAGES=stages, ALIGNED=True)
+                consts.update(
+                    BTF=ro["bt"], BTQ=ro["btq"], NBV=32, STAGES=stages, ALIGNED=True, PART=kw.get("_part", 0)
+                )
             else:
                 fn, stages = ar._rest_kernel, 1
                 consts.update(BT=ro["bt"])

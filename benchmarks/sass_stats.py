@@ -28,7 +28,7 @@ from fcboost.kernels import attention_page as ap
 
 PTRS = {"Q": "*bf16", "KLO": "*u8", "KHI": "*u8", "VLO": "*u8", "VHI": "*u8", "KIDX": "*i16", "VIDX": "*i16",
         "KSC": "*fp16", "KZR": "*fp16", "VSC": "*fp16", "VZR": "*fp16", "NPAGES": "*i32", "NVQ": "*i32",
-        "O_ACC": "*fp32", "O_M": "*fp32", "O_L": "*fp32"}  # fmt: skip
+        "O_ACC": "*fp32", "O_M": "*fp32", "O_L": "*fp32", "VW": "*bf16"}  # fmt: skip
 NOT_DIV16 = {"s_vst", "H", "NSPLIT", "NSLOT"}  # runtime ints not specialised as multiples of 16
 
 
@@ -66,7 +66,7 @@ def compile_gluon_page_kernel(method: str, stages: int = 2, maxnreg: int | None 
 
     fn = apg._page_kernel_gluon
     static = method == "static"  # the launcher's defaults for GQ <= 4
-    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=static, STAGES=stages, DUP=static)
+    consts = dict(GQ=4, D=128, KBOOST=method != "kivi", VBOOST=static, STAGES=stages, DUP=static, MIXED=False)
     consts.update(extra)
     sig, attrs = _specialize(fn, consts)  # k_idx strides: multiples of 16 (16 slots; gluon_unsupported)
     src = GluonASTSource(fn, sig, constexprs=consts, attrs=attrs)

@@ -192,8 +192,9 @@ def _page_kernel_gluon(
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
+    VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) the 16-bit value window (MIXED)
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
-    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False,
+    STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, MIXED: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -211,7 +212,14 @@ def _page_kernel_gluon(
     head g: the same scores and probabilities), and ``P^T`` is weighted per column, by the group-0
     value scales in columns 0-3 and the group-1 scales in columns 4-7, so one transpose feeds both the
     plane MMAs (columns 0-3 kept) and the boosted-value MMAs (columns 4-7 kept), and the zeros of both
-    groups share one accumulator; else the boosted values take a second ``P^T`` of their own. With
+    groups share one accumulator; else the boosted values take a second ``P^T`` of their own.
+
+    ``MIXED``: every page with quantized keys, also those whose values are not all quantized yet (the
+    last one or two: values leave the 16-bit window a token at a time); a token past the quantized
+    values gets zero value scales and zeros (its codes add nothing) and its 16-bit value row from the
+    window through one extra K = 16 MMA per plane and value block (rows gathered from global memory,
+    in the planes' channel order, ``P^T`` unweighted), in those steps only. The rest kernels then only
+    take what follows the last key page. Not with boosted values without ``DUP``. With
     ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
     ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
     rows, no MMA of their own), only their high bits have A tiles."""
@@ -229,7 +237,11 @@ def _page_kernel_gluon(
     split = gl.program_id(1)
     b = (bh // H).to(gl.int64)
     h = (bh % H).to(gl.int64)
-    nft = gl.minimum(gl.load(NPAGES + b) * P, gl.load(NVQ + b)) // P
+    nvq = gl.load(NVQ + b)
+    if MIXED:  # every page of quantized keys
+        nft = gl.load(NPAGES + b)
+    else:  # pages with quantized keys and values
+        nft = gl.minimum(gl.load(NPAGES + b) * P, nvq) // P
     per = gl.cdiv(nft, NSPLIT)
     i0 = split * per
     i1 = gl.minimum(i0 + per, nft)
@@ -271,6 +283,14 @@ def _page_kernel_gluon(
     z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
     zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
     U: gl.constexpr = 16777216.0
+    if MIXED:  # A tiles of 16-bit window values: (D/4 channels 4 i + k, 16 tokens), from global memory
+        w_dt: gl.constexpr = VW.dtype.element_ty
+        la2: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        lb2: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        wi = gl.arange(0, D // 4, layout=gl.SliceLayout(1, la2))
+        wr = _perm4(gl.arange(0, 16, layout=gl.SliceLayout(0, la2)))  # P^T's rows: byte rows perm(r)
+        vw_base = VW + b * s_vwb + h * s_vwh
+        zero32 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
     # shared memory: STAGES 64-token steps in flight (see _issue_step)
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
@@ -327,6 +347,13 @@ def _page_kernel_gluon(
             kb = k_s.index(slot).load(la4)  # (16, D) uint8
             vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
             vz_t = vz_s.index(slot).load(lrow)
+            if MIXED:
+                if 64 * g + 64 > nvq:  # (uniform) no codes past the quantized values: scales, zeros 0
+                    tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lrow))
+                    tc = gl.arange(0, 4 * GS, layout=gl.SliceLayout(0, lrow))
+                    tv = (64 * g + 4 * _perm4(tm))[:, None] + (tc // GS)[None, :] < nvq
+                    vs_t = gl.where(tv, vs_t, 0.0)
+                    vz_t = gl.where(tv, vz_t, 0.0)
             k0, k1, k2, k3 = _graw4(kb)  # k (channels) in _perm4 order, as qs
             s0 = mma_v2(k0, qs, zero8)
             s1 = mma_v2(k1, qs, zero8)
@@ -398,6 +425,16 @@ def _page_kernel_gluon(
                         pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
                         ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
+                if MIXED:
+                    if 64 * g + 64 > nvq:  # (uniform) tokens past the quantized values: 16-bit rows
+                        pt = gl.convert_layout(pj.to(w_dt), lb2)
+                        wrow = 64 * g + 4 * wr + j - nvq  # window row of the step's token 4 perm(r) + j
+                        wp = vw_base + (wrow * s_vwt)[None, :] + 4 * wi[:, None]
+                        wok = (wrow >= 0)[None, :]
+                        acc0 += mma_v2(gl.load(wp, mask=wok, other=0.0), pt, zero32) * (1.0 / U)
+                        acc1 += mma_v2(gl.load(wp + 1, mask=wok, other=0.0), pt, zero32) * (4.0 / U)
+                        acc2 += mma_v2(gl.load(wp + 2, mask=wok, other=0.0), pt, zero32) * (16.0 / U)
+                        acc3 += mma_v2(gl.load(wp + 3, mask=wok, other=0.0), pt, zero32) * (64.0 / U)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)

@@ -242,6 +242,7 @@ def _rest_split_kernel(
     BN: tl.constexpr, BTF: tl.constexpr, BTQ: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
     NBV: tl.constexpr, KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
     KDYN: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr, PART: tl.constexpr = 0,
+    MIXED: tl.constexpr = False,
 ):  # fmt: skip
     """The rest in two lean loops (same arguments and partials as :func:`_rest_kernel`).
 
@@ -255,7 +256,9 @@ def _rest_split_kernel(
     values (a static mask's own scale group) add ``p . (v_boosted - v_dense)`` into a slot
     accumulator that one dot maps onto the channels at the end. Program ``j`` takes tiles
     ``j, j + NREST, ...`` of the list ``[16-bit tiles, tail tiles]`` (``PART`` 1: of the 16-bit tiles
-    only; 2: of the tail tiles only; its partial goes to slot ``NSPLIT + j``)."""
+    only; 2: of the tail tiles only; its partial goes to slot ``NSPLIT + j``). ``MIXED``: the page
+    kernel took every page of quantized keys (the Gluon kernel's ``MIXED``), so the tail starts at
+    the end of the key pages."""
     bh = tl.program_id(0)
     j = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -269,7 +272,10 @@ def _rest_split_kernel(
         nft = tl.minimum(npg * P, nvq) // BN
     kq_end = S + npg * P
     vq_end = S + nvq
-    qs = tl.minimum(S + nft * BN, nreal)  # a0: the end of the page tiles (>= S once nreal > S)
+    if MIXED:
+        qs = tl.minimum(kq_end, nreal)
+    else:
+        qs = tl.minimum(S + nft * BN, nreal)  # a0: the end of the page tiles (>= S once nreal > S)
     qe = tl.maximum(tl.minimum(tl.maximum(kq_end, vq_end), nreal), qs)
     n16 = ns + nreal + HAS_NEW - qe  # 16-bit tokens: the sink, [qe, nreal) and the new token
     n16t = tl.cdiv(n16, BTF)

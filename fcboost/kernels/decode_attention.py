@@ -246,7 +246,9 @@ def decode_attention(
     :func:`gluon_unsupported`). ``_gluon``: its experiment knobs, ``stages`` (64-token steps in
     flight, default 2; 3 was 1-15% slower on the H200), ``maxnreg`` (default 168; with boosted
     values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
-    columns, default True), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
+    columns, default True), ``mixed`` (the page kernel also takes the pages whose values are not all
+    quantized yet, their 16-bit values from the window; the rest keeps what follows the last key page;
+    default False), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
     ``resident`` programs per SM, default 12, with boosted values 8; ``"sm32"``: about 32 programs
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
@@ -311,8 +313,10 @@ def decode_attention(
     kboost = st.k_hi is not None
     vboost = st.v_hi is not None
     gk = dict(_gluon or {})
-    if set(gk) - {"stages", "maxnreg", "dup", "split", "resident"}:
-        raise ValueError(f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'split' / 'resident'")
+    if set(gk) - {"stages", "maxnreg", "dup", "split", "resident", "mixed"}:
+        raise ValueError(
+            f"_gluon={sorted(gk)}: only 'stages' / 'maxnreg' / 'dup' / 'split' / 'resident' / 'mixed'"
+        )
     if gk.get("split", "sm32") not in ("sm32", "waves"):
         raise ValueError(f"_gluon split={gk['split']!r}: expected 'sm32' or 'waves'")
     if not isinstance(gk.get("resident", 1), int) or gk.get("resident", 1) < 1:
@@ -358,6 +362,9 @@ def decode_attention(
         raise ValueError(f"rest_programs={rest_programs}: expected >= 1")
     if not two:
         rest_slots = {0: (ns, nr)}
+    dup = vboost and GQ <= 4 and gk.get("dup", True)
+    # the Gluon page kernel takes every key page (values of the last ones from the 16-bit window)
+    mixed = gluon and ns > 0 and split and gk.get("mixed", False) and (dup or not vboost)
     nslot = ns + nr
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
@@ -429,7 +436,7 @@ def decode_attention(
                 *common, BTF=ro["bt"], BTQ=ro["btq"], NBV=max(32, NBP), STAGES=ro["stages"], PART=part,
                 ALIGNED=_rows_aligned(st.sink_k, st.sink_v, st.k_buf, st.v_win, kn, vn)
                 and all(x % 16 == 0 for x in (*st.v_lo.stride()[2:4], *vhs[2:4])),
-                num_stages=ro["stages"], **meta,
+                num_stages=ro["stages"], MIXED=mixed, **meta,
             )  # fmt: skip
         else:
             _rest_kernel[(B * H, nr)](*common, BT=ro["bt"], num_stages=1, **meta)
@@ -453,8 +460,9 @@ def decode_attention(
                 st.n_pages, st.n_vq,
                 o_acc, o_m, o_l,
                 scaling * LOG2E, H, ns, nslot,
-                GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2),
-                DUP=vboost and GQ <= 4 and gk.get("dup", True), num_warps=1,
+                st.v_win, *st.v_win.stride()[:3],
+                GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), DUP=dup, MIXED=mixed,
+                num_warps=1,
                 **({"maxnreg": reg} if reg else {}),
             )  # fmt: skip
         elif ns:

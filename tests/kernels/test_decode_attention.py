@@ -340,6 +340,33 @@ def test_gluon_page_kernel_matches_reference(dtype, method):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["kivi", "kitty", "static", "static_keys"])
+@pytest.mark.parametrize("window", [128, 32, 256])
+def test_gluon_mixed_pages_match_reference(method, window):
+    """``_gluon={"mixed": True}``: the Gluon page kernel takes every key page, the values of its last
+    pages partly from the 16-bit window (window 128 and 256: values behind the keys; 32: values ahead,
+    so the Triton tail takes [end of the key pages, end of the quantized values)); against the
+    reference on ragged rows, both dtypes, GQA 4 (and 8 without boosted values), one or two rest
+    launches, and against the default page split."""
+    cfg = _cfg(method, n_sink=32, page_size=128, window=window)
+    lengths = [32768, 4097, 1000, 289, 161, 33, 1, 700]
+    groups = (4,) if method == "static" else (4, 8)
+    for dtype in (torch.float16, torch.bfloat16):
+        for G in groups:
+            for rest in ({}, {"parts": 2, "impl16": "gluon"}):
+                _check(cfg, lengths, H=2, G=G, D=128, dtype=dtype, device="cuda", seed=G, page_impl="gluon",
+                       _gluon={"mixed": True}, _rest=rest)  # fmt: skip
+    st = random_state(cfg, lengths, 2, 128, torch.float16, "cuda", seed=5)
+    q = torch.randn(len(lengths), 8, 128, device="cuda", dtype=torch.float16)
+    a, b = (
+        decode_attention(q, st, 128**-0.5, page_impl="gluon", _gluon={"mixed": m}).float()
+        for m in (True, False)
+    )
+    assert (a - b).norm() / b.norm() < 2e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
 @pytest.mark.parametrize("bt", [16, 32, 64])
 def test_gluon_rest16_matches_reference(method, bt):
