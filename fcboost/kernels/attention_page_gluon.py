@@ -191,7 +191,7 @@ def _page_kernel_gluon(
     VHI, s_vhb, s_vhh,  # (B, H, NV/64, 4, 4, 16) boosted values' high bits, interleaved (VBOOST)
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
-    qk_scale, H, NSPLIT, NSLOT,
+    qk_scale, H, NSPLIT, NSLOT, SLOT0,  # partials of program (bh, j): slot SLOT0 + j
     VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) the 16-bit value window (MIXED)
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
     STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, MIXED: gl.constexpr = False,
@@ -214,12 +214,13 @@ def _page_kernel_gluon(
     plane MMAs (columns 0-3 kept) and the boosted-value MMAs (columns 4-7 kept), and the zeros of both
     groups share one accumulator; else the boosted values take a second ``P^T`` of their own.
 
-    ``MIXED``: every page with quantized keys, also those whose values are not all quantized yet (the
-    last one or two: values leave the 16-bit window a token at a time); a token past the quantized
-    values gets zero value scales and zeros (its codes add nothing) and its 16-bit value row from the
-    window through one extra K = 16 MMA per plane and value block (rows gathered from global memory,
-    in the planes' channel order, ``P^T`` unweighted), in those steps only. The rest kernels then only
-    take what follows the last key page. Not with boosted values without ``DUP``. With
+    ``MIXED``: instead of the pages with quantized keys and values, the pages after them with quantized
+    keys (the last one or two: values leave the 16-bit window a token at a time), launched apart (its
+    registers do not weigh on the main launch); a token past the quantized values gets zero value
+    scales and zeros in registers (its codes add nothing) and its 16-bit value row from the window
+    through one extra K = 16 MMA per plane and value block (rows gathered from global memory, in the
+    planes' channel order, ``P^T`` unweighted). The rest kernels then only take what follows the last
+    key page. Not with boosted values without ``DUP``. With
     ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
     ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
     rows, no MMA of their own), only their high bits have A tiles."""
@@ -238,12 +239,15 @@ def _page_kernel_gluon(
     b = (bh // H).to(gl.int64)
     h = (bh % H).to(gl.int64)
     nvq = gl.load(NVQ + b)
-    if MIXED:  # every page of quantized keys
-        nft = gl.load(NPAGES + b)
-    else:  # pages with quantized keys and values
-        nft = gl.minimum(gl.load(NPAGES + b) * P, nvq) // P
-    per = gl.cdiv(nft, NSPLIT)
-    i0 = split * per
+    npg = gl.load(NPAGES + b)
+    nft = gl.minimum(npg * P, nvq) // P  # pages with quantized keys and values
+    if MIXED:  # the pages after those: quantized keys, values partly in the 16-bit window
+        p_lo = nft
+        nft = npg
+    else:
+        p_lo = nft * 0
+    per = gl.cdiv(nft - p_lo, NSPLIT)
+    i0 = p_lo + split * per
     i1 = gl.minimum(i0 + per, nft)
     # (q s)^T: B operand (D channels x 8 heads), heads >= GQ zero
     qc = gl.arange(0, D, layout=gl.SliceLayout(1, lb4))
@@ -438,7 +442,7 @@ def _page_kernel_gluon(
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)
-    o_base = (bh * NSLOT + split) * GQ
+    o_base = (bh * NSLOT + SLOT0 + split) * GQ
     og = gl.arange(0, 8, layout=cols_l)
     oc = gl.arange(0, D // 4, layout=rows_l)
     o_pp = O_ACC + (o_base + og)[None, :] * D + 4 * oc[:, None]

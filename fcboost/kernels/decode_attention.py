@@ -65,7 +65,8 @@ _SIDE: dict = {}
 
 def _side_stream(device: torch.device, priority: int = 0, slot: int = 0) -> torch.cuda.Stream:
     """One side stream per device, priority and slot (created once, reused by graph replays): the
-    rest kernel's (priority 0; slot 1: the second rest launch with ``_rest={"parts": 2}``) and, with
+    rest kernel's (priority 0; slot 1: the second rest launch with ``_rest={"parts": 2}``; slot 2: the
+    Gluon page kernel's mixed pages with ``_gluon={"mixed": True}``) and, with
     ``_launch={"priority": p}``, the page kernel's."""
     idx = torch.device(device).index
     key = (idx if idx is not None else torch.cuda.current_device(), priority, slot)
@@ -365,7 +366,7 @@ def decode_attention(
     dup = vboost and GQ <= 4 and gk.get("dup", True)
     # the Gluon page kernel takes every key page (values of the last ones from the 16-bit window)
     mixed = gluon and ns > 0 and split and gk.get("mixed", False) and (dup or not vboost)
-    nslot = ns + nr
+    nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
@@ -441,14 +442,17 @@ def decode_attention(
         else:
             _rest_kernel[(B * H, nr)](*common, BT=ro["bt"], num_stages=1, **meta)
 
-    def launch_page():
+    def launch_page(mixed_part: bool = False):
+        """The page kernel; ``mixed_part``: the Gluon kernel's launch over the mixed pages (``mixed``:
+        one program per (row, head), slot ``ns + nr``, uncapped registers)."""
         if ns and gluon:
             from fcboost.kernels.attention_page_gluon import _page_kernel_gluon
 
             # H200: boosted values run best uncapped (1-2% faster than 168 at every shape since the
             # session-6 kernel, gluon_regs_s6_h200.json); the rest with the 168-register cap
-            reg = gk.get("maxnreg", 0 if vboost else 168)
-            _page_kernel_gluon[(B * H, ns)](
+            reg = 0 if mixed_part else gk.get("maxnreg", 0 if vboost else 168)
+            n_prog, slot0 = (1, ns + nr) if mixed_part else (ns, 0)
+            _page_kernel_gluon[(B * H, n_prog)](
                 q, q.stride(0), q.stride(1),
                 st.k_lo, *st.k_lo.stride()[:4],
                 st.k_scale, st.k_zero, *st.k_scale.stride()[:3],
@@ -459,10 +463,10 @@ def decode_attention(
                 vhi, *vhi.stride()[:2],
                 st.n_pages, st.n_vq,
                 o_acc, o_m, o_l,
-                scaling * LOG2E, H, ns, nslot,
+                scaling * LOG2E, H, n_prog, nslot, slot0,
                 st.v_win, *st.v_win.stride()[:3],
-                GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), DUP=dup, MIXED=mixed,
-                num_warps=1,
+                GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), DUP=dup,
+                MIXED=mixed_part, num_warps=1,
                 **({"maxnreg": reg} if reg else {}),
             )  # fmt: skip
         elif ns:
@@ -482,6 +486,8 @@ def decode_attention(
         for part in (1, 2) if two else (0,):
             launch_rest(part)
         launch_page()
+        if mixed:
+            launch_page(True)
     else:  # the rest runs beside the page kernel (a graph capture records the forks and joins); the
         # outputs are freed only after the joins below, so no record_stream is needed
         side.wait_stream(cur)  # the rest depends on what came before the call, not on the page kernel
@@ -501,12 +507,19 @@ def decode_attention(
             else:
                 with torch.cuda.stream(pst):
                     launch_page()
+        side3 = _side_stream(q.device, 0, 2) if mixed else None
+        if side3 is not None:  # the mixed pages beside the page kernel and the rest
+            side3.wait_stream(cur)
+            with torch.cuda.stream(side3):
+                launch_page(True)
         if pst is not cur:
             cur.wait_stream(pst)
     if side is not None:
         torch.cuda.current_stream(q.device).wait_stream(side)
         if two:
             torch.cuda.current_stream(q.device).wait_stream(side2)
+        if mixed:
+            torch.cuda.current_stream(q.device).wait_stream(side3)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     _combine_kernel[(B * H, GQ)](
         o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D
