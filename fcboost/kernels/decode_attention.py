@@ -248,8 +248,8 @@ def decode_attention(
     flight, default 2; 3 was 1-15% slower on the H200), ``maxnreg`` (default 168; with boosted
     values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
     columns, default True), ``mixed`` (the page kernel also takes the pages whose values are not all
-    quantized yet, their 16-bit values from the window; the rest keeps what follows the last key page;
-    default False), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
+    quantized yet, their 16-bit values from the window, in a launch of their own; the rest keeps what
+    follows the last key page; default: at B x H >= 256), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
     ``resident`` programs per SM, default 12, with boosted values 8; ``"sm32"``: about 32 programs
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
@@ -364,8 +364,11 @@ def decode_attention(
     if not two:
         rest_slots = {0: (ns, nr)}
     dup = vboost and GQ <= 4 and gk.get("dup", True)
-    # the Gluon page kernel takes every key page (values of the last ones from the 16-bit window)
-    mixed = gluon and ns > 0 and split and gk.get("mixed", False) and (dup or not vboost)
+    # the Gluon page kernel's mixed pages (values partly in the 16-bit window) in a launch of their own
+    # instead of the rest's quantized tail: large batches only (H200, mixed2_s8_h200.json: 64 x 4K
+    # static + values 125.6 -> 107.5 us, kivi 93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster;
+    # at B x H <= 64 its one program per (row, head) ran after the page kernel: 7-11 us slower)
+    mixed = gluon and ns > 0 and split and gk.get("mixed", B * H >= 256) and (dup or not vboost)
     nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))

@@ -153,8 +153,9 @@ def test_launch_order_and_wave_split(method):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
 def test_large_batch_defaults(method):
-    """B x H = 256 (the defaults switch to 2-warp rest programs without boosted values; whole-wave
-    page splits), ragged rows from 1 to 8K tokens, against the reference."""
+    """B x H = 256 (the defaults switch to 2-warp rest programs without boosted values, and to the
+    Gluon page kernel's mixed pages in a launch of their own; whole-wave page splits), ragged rows
+    from 1 to 8K tokens, against the reference."""
     lengths = [1 + (977 * i) % 8192 for i in range(32)]
     for dtype in (torch.bfloat16, torch.float16):
         _check(_cfg(method, **PAPER), lengths, H=8, G=4, D=128, dtype=dtype, device="cuda", seed=6)
