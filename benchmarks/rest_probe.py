@@ -81,8 +81,14 @@ def sass(variants: dict) -> None:
             if ro["impl"] == "split":
                 fn, stages = ar._rest_split_kernel, ro["stages"]
                 consts.update(
-                    BTF=ro["bt"], BTQ=ro["btq"], NBV=32, STAGES=stages, ALIGNED=True, PART=kw.get("_part", 0)
-                )
+                    BTF=ro["bt"],
+                    BTQ=ro["btq"],
+                    NBV=32,
+                    STAGES=stages,
+                    ALIGNED=True,
+                    PART=kw.get("_part", 0),
+                    MIXED=kw.get("_mixed", False),
+                )  # (_part / _mixed: the launcher's two-part rest and mixed-page tail, offline only)
             else:
                 fn, stages = ar._rest_kernel, 1
                 consts.update(BT=ro["bt"])

@@ -82,9 +82,14 @@ def main() -> None:
             build(ar._rest_kernel, ptrs, rest, num_warps=4, num_stages=1)
             for stages in (1, 2):  # the split rest kernel (the default) with and without pipelining
                 split = {k: v for k, v in rest.items() if k != "BT"}
-                split.update(BTF=64, BTQ=32, NBV=32, STAGES=stages, ALIGNED=True)
+                split.update(BTF=64, BTQ=32, NBV=32, STAGES=stages, ALIGNED=True, PART=0, MIXED=False)
                 k = build(ar._rest_split_kernel, ptrs, split, num_warps=4, num_stages=stages)
                 print("rest split", dt, kb, vb, kdyn, D, f"stages {stages}:", usage(k), flush=True)
+            for part, mixed in ((1, False), (2, False), (0, True), (2, True)):  # two launches; mixed pages
+                split = {k: v for k, v in rest.items() if k != "BT"}
+                split.update(BTF=64, BTQ=32, NBV=32, STAGES=1, ALIGNED=True, PART=part, MIXED=mixed)
+                k = build(ar._rest_split_kernel, ptrs, split, num_warps=4, num_stages=1)
+                print("rest split", dt, kb, vb, kdyn, D, f"part {part} mixed {mixed}:", usage(k), flush=True)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
             ar._combine_kernel,
@@ -148,17 +153,21 @@ def main() -> None:
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from fcboost.kernels import attention_page_gluon as apg
+    from fcboost.kernels import attention_rest_gluon as arg
 
     fn = apg._page_kernel_gluon
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
-              KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
-    for kb, vb, dup, name in (
-        (False, False, False, "kivi"),
-        (True, False, False, "kitty / static keys"),
-        (True, True, True, "static"),  # GQA 4: the heads repeated in columns 4-7 (the launcher's default)
-        (True, True, False, "static, GQA > 4"),
+              KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32",
+              VW="*bf16")  # fmt: skip
+    for kb, vb, dup, mixed, name in (
+        (False, False, False, False, "kivi"),
+        (True, False, False, False, "kitty / static keys"),
+        (True, True, True, False, "static"),  # GQA 4: the heads repeated in columns 4-7 (the default)
+        (True, True, False, False, "static, GQA > 4"),
+        (False, False, False, True, "kivi, mixed pages"),
+        (True, True, True, True, "static, mixed pages"),
     ):
-        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup)
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
@@ -171,9 +180,29 @@ def main() -> None:
         k = triton.compile(
             GluonASTSource(fn, sig, constexprs=consts, attrs=aligned),
             target=TARGET,
-            options=dict(num_warps=1, **({} if vb else {"maxnreg": 168})),  # the launcher's caps
+            options=dict(num_warps=1, **({} if vb or mixed else {"maxnreg": 168})),  # the launcher's caps
         )
         print(f"gluon page ({name})", usage(k), f"{k.metadata.shared} B shared", flush=True)
+    fn = arg._rest16_kernel_gluon  # the rest's 16-bit tokens (_rest={"parts": 2, "impl16": "gluon"})
+    rp = dict(Q="*bf16", SK="*bf16", SV="*bf16", KB="*bf16", VW="*bf16", KN="*bf16", VN="*bf16", NREAL="*i32",
+              NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
+    for BT, D in ((64, 128), (32, 128), (16, 64)):
+        consts = dict(GQ=4, D=D, S=32, P=128, BN=128, BT=BT, PAGED=True, HAS_NEW=True)
+        sig = {
+            n: "constexpr" if n in consts else rp.get(n, "fp32" if n == "qk_scale" else "i32")
+            for n in fn.arg_names
+        }
+        aligned = {
+            (i,): [["tt.divisibility", 16]]
+            for i, n in enumerate(fn.arg_names)
+            if n in rp or n.startswith("s_")
+        }
+        k = triton.compile(
+            GluonASTSource(fn, sig, constexprs=consts, attrs=aligned),
+            target=TARGET,
+            options=dict(num_warps=1),
+        )
+        print(f"gluon rest16 (BT {BT}, D {D})", usage(k), f"{k.metadata.shared} B shared", flush=True)
     # the key-page pack kernel the launcher picks (the pair kernel for bf16 keys), specialized on the
     # arguments of a batch-64 page as benchmarks/pack_probe.py builds them
     import importlib.util
