@@ -1,4 +1,4 @@
-"""Fused decode attention over the packed cache (flash-decoding, three launches).
+"""Fused decode attention over the packed cache (flash-decoding: page tiles, the rest, a combine).
 
 One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit key buffer]`` /
 ``[16-bit sink | 2-bit values | 16-bit value window]`` plus the new token:
@@ -32,7 +32,12 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   the session-5 ``_rest_kernel`` (``BT``-token tiles each reading the sources it meets). Keys and
   values are rounded to the model dtype as the reference does (the split kernel adds boosted keys'
   high bits in the logits instead); without page tiles (head_dim < 64 or page size not a multiple of
-  ``BN``) the quantized tail is every quantized token.
+  ``BN``) the quantized tail is every quantized token. ``_rest={"parts": 2}``: the two loops as two
+  launches side by side, the 16-bit one optionally in Gluon (``attention_rest_gluon``).
+- mixed pages (the Gluon page kernel's ``MIXED``, by default at ``B x H >= 256``): the last key pages,
+  whose values are still partly in the 16-bit window, as a launch of their own, one program per
+  (row, head) on a third side stream; the rest's quantized tail then starts at the end of the key
+  pages (usually empty).
 - ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
   log-sum-exp.
 
@@ -43,7 +48,7 @@ plus two ``prmt``): each masked byte becomes the mantissa of a *subnormal* half,
 offset for the tensor cores' fp32 accumulation to lose (a ``1024 + code`` variant lost 7x in
 precision on the H200); the interpreter uses plain integer codes. Supported: 2-bit keys/values
 with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Value codes are stored token-interleaved
-(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s6_h200.json``.
+(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s8_h200.json``.
 """
 
 from __future__ import annotations
@@ -249,7 +254,8 @@ def decode_attention(
     values none; 0: none), ``dup`` (boosted values with GQA <= 4: the heads repeated in the padded
     columns, default True), ``mixed`` (the page kernel also takes the pages whose values are not all
     quantized yet, their 16-bit values from the window, in a launch of their own; the rest keeps what
-    follows the last key page; default: at B x H >= 256), ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
+    follows the last key page; default: at B x H >= 256; not with boosted values without ``dup``),
+    ``split`` (``"waves"``, the default: :func:`gluon_split_waves` over
     ``resident`` programs per SM, default 12, with boosted values 8; ``"sm32"``: about 32 programs
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
@@ -368,7 +374,14 @@ def decode_attention(
     # instead of the rest's quantized tail: large batches only (H200, mixed2_s8_h200.json: 64 x 4K
     # static + values 125.6 -> 107.5 us, kivi 93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster;
     # at B x H <= 64 its one program per (row, head) ran after the page kernel: 7-11 us slower)
-    mixed = gluon and ns > 0 and split and gk.get("mixed", B * H >= 256) and (dup or not vboost)
+    mixed = (
+        gluon
+        and ns > 0
+        and split
+        and gk.get("mixed", B * H >= 256)
+        and (dup or not vboost)
+        and st.v_win.dtype in (torch.float16, torch.bfloat16)  # (its window MMA's operands)
+    )
     nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
