@@ -17,8 +17,8 @@ accumulator layout to the B operand of ``O^T = V^T . P^T`` through one ``stmatri
 transpose, no cross-warp reductions exist, and the accumulators are rescaled only when a head's
 maximum grows.
 
-**Pipelined**: every 64-token step's bytes (key and value codes, scales, boosted high bits, and the
-boosted value rows gathered by the copy itself) go global -> shared memory with ``cp.async``
+**Pipelined**: every 64-token step's bytes (key and value codes, scales, boosted high bits, and
+without ``DUP`` the boosted value rows gathered by the copy itself) go global -> shared memory with ``cp.async``
 ``STAGES - 1`` steps ahead of the step being computed, so a one-warp program always has loads in
 flight (H200, 8 x 32K: KIVI 114 -> 80 us, static + values 183 -> 133 us against direct loads;
 ``benchmarks/results/gluon_stages_s5_h200.json``).
@@ -131,9 +131,9 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
     (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
-    the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high value planes
-    (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the slot map
-    ``sidx``. ``ok`` false: zero-filled (nothing read)."""
+    the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high
+    value planes (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the
+    slot map ``sidx``. ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -204,15 +204,18 @@ def _page_kernel_gluon(
 
     Boosts (16 channels): ``KBOOST`` adds one K = 16 MMA per key block (the high bits times the boosted
     channels' ``4 q s``; the channels per page from ``KIDX``: Kitty's, or a static mask's with page
-    stride 0); ``VBOOST`` (static masks) adds, per value block, two 16-row A tiles: the boosted
-    channels' low bits (rows gathered by the copy, a plane mask per row) and their high bits, both
-    against ``P^T`` weighted by the group-1 scales.
+    stride 0); ``VBOOST`` (static masks) adds, per value block, a 16-row A tile of the boosted
+    channels' high bits against ``P^T`` weighted by the group-1 scales, and without ``DUP`` one of
+    their low bits (rows gathered by the copy, a plane mask per row).
 
     ``DUP`` (boosted values, GQ <= 4): the N = 8 columns carry the GQ heads twice (columns 4 + g repeat
     head g: the same scores and probabilities), and ``P^T`` is weighted per column, by the group-0
     value scales in columns 0-3 and the group-1 scales in columns 4-7, so one transpose feeds both the
     plane MMAs (columns 0-3 kept) and the boosted-value MMAs (columns 4-7 kept), and the zeros of both
-    groups share one accumulator; else the boosted values take a second ``P^T`` of their own.
+    groups share one accumulator; else the boosted values take a second ``P^T`` of their own. With
+    ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
+    ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
+    rows, no MMA of their own), only their high bits have A tiles.
 
     ``MIXED``: instead of the pages with quantized keys and values, the pages after them with quantized
     keys (the last one or two: values leave the 16-bit window a token at a time), launched apart (its
@@ -220,10 +223,7 @@ def _page_kernel_gluon(
     scales and zeros in registers (its codes add nothing) and its 16-bit value row from the window
     through one extra K = 16 MMA per plane and value block (rows gathered from global memory, in the
     planes' channel order, ``P^T`` unweighted). The rest kernels then only take what follows the last
-    key page. Not with boosted values without ``DUP``. With
-    ``DUP`` the plane MMAs' columns 4-7 already hold every channel's low bits against the group-1
-    ``P^T``: the boosted channels' low bits are taken from there at the end (no gathered low-plane
-    rows, no MMA of their own), only their high bits have A tiles."""
+    key page. Not with boosted values without ``DUP``."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
