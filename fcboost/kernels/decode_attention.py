@@ -136,6 +136,21 @@ def n_rest_parts(
     return max(1, t16 if all16 else min(t16, fill)), max(1, min(-(-(BN + pw) // BTQ), fill))
 
 
+def mixed_pages(
+    B: int, H: int, vboost: bool, dup: bool, window_dtype: torch.dtype, knob: bool | None = None
+) -> bool:
+    """Whether the Gluon page kernel takes the mixed pages (the last key pages, values partly still in
+    the 16-bit window) in a launch of its own, instead of the rest's quantized tail (given that the
+    Gluon page kernel runs with page tiles and the split rest kernel). ``knob`` (``_gluon["mixed"]``)
+    None: at B x H >= 256 (H200, mixed2_s8_h200.json: 64 x 4K static + values 125.6 -> 107.5 us, kivi
+    93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster; at B x H <= 64 its one program per (row,
+    head) ran after the page kernel's wave: 7-11 us slower). Never with boosted values without
+    ``dup`` (their low bits are not in the plane accumulators) or a window that is not fp16/bf16 (the
+    operands of its window MMA)."""
+    want = B * H >= 256 if knob is None else bool(knob)
+    return want and (dup or not vboost) and window_dtype in (torch.float16, torch.bfloat16)
+
+
 @functools.lru_cache(maxsize=4096)  # (called per layer and step: the search is O(n_pages))
 def gluon_split_waves(B: int, H: int, n_pages: int, slots: int) -> int:
     """Gluon page programs per (row, KV head) that fill whole waves: the split whose programs
@@ -370,18 +385,7 @@ def decode_attention(
     if not two:
         rest_slots = {0: (ns, nr)}
     dup = vboost and GQ <= 4 and gk.get("dup", True)
-    # the Gluon page kernel's mixed pages (values partly in the 16-bit window) in a launch of their own
-    # instead of the rest's quantized tail: large batches only (H200, mixed2_s8_h200.json: 64 x 4K
-    # static + values 125.6 -> 107.5 us, kivi 93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster;
-    # at B x H <= 64 its one program per (row, head) ran after the page kernel: 7-11 us slower)
-    mixed = (
-        gluon
-        and ns > 0
-        and split
-        and gk.get("mixed", B * H >= 256)
-        and (dup or not vboost)
-        and st.v_win.dtype in (torch.float16, torch.bfloat16)  # (its window MMA's operands)
-    )
+    mixed = gluon and ns > 0 and split and mixed_pages(B, H, vboost, dup, st.v_win.dtype, gk.get("mixed"))
     nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))

@@ -258,6 +258,21 @@ def test_n_rest_parts_geometry():
     assert n_rest_parts(cfg, 128, 64, 32, 132, 64, 8, 2.0) == (1, 1)
 
 
+def test_mixed_pages_rule():
+    """Mixed pages by default from B x H = 256 on (the H200 sweep's crossover), as asked otherwise,
+    never with boosted values in a second P^T (no dup) or an fp32 window."""
+    from fcboost.kernels.decode_attention import mixed_pages
+
+    bf16 = torch.bfloat16
+    assert not mixed_pages(8, 8, False, False, bf16)  # B x H = 64: slower there
+    assert mixed_pages(32, 8, False, False, bf16) and mixed_pages(64, 8, True, True, torch.float16)
+    assert mixed_pages(1, 8, False, False, bf16, knob=True) and not mixed_pages(
+        64, 8, False, False, bf16, knob=False
+    )
+    assert not mixed_pages(64, 8, True, False, bf16)  # boosted values at GQA > 4 (no dup)
+    assert not mixed_pages(64, 8, False, False, torch.float32, knob=True)
+
+
 def test_n_rest_parts_one_program_per_16bit_tile():
     from fcboost.kernels.decode_attention import n_rest_parts
 
