@@ -41,7 +41,7 @@ ROLES = {
     "_rest16": "rest16",
     "_rest": "rest",
     "_combine_kernel": "combine",
-}  # first match
+}  # first match; "page" also counts the mixed pages' launch (_gluon={"mixed": True})
 
 
 def _role(name: str) -> str | None:

@@ -62,7 +62,8 @@ def _load_old(path: str):
 
 class _OldKernel:
     """The old module's page kernel launched with only the keywords it knows (the launcher may pass
-    constexprs added since)."""
+    constexprs added since). Positional arguments are passed as they are: the old kernel must take the
+    launcher's (since 485a707: ``SLOT0`` and the value window after ``NSLOT``)."""
 
     def __init__(self, fn):
         self.fn = fn
