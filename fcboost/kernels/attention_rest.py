@@ -295,8 +295,7 @@ def _rest_split_kernel(
     vn_ptr = VN + b * s_nb + h * s_nh
     # 16-bit tokens: token u of the class is sink token u (u < ns), else token qe + u - ns
     tf = tl.arange(0, BTF)
-    n16p = 0 if PART == 2 else n16t  # (a 16-bit loop of no tiles: its registers stay those of the tail's)
-    for i in tl.range(j, n16p, NREST, num_stages=STAGES):
+    for i in tl.range(j, 0 if PART == 2 else n16t, NREST, num_stages=STAGES):
         u = i * BTF + tf
         ok = u < n16
         t = tl.where(u < ns, u, u - ns + qe)

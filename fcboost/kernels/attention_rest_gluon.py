@@ -37,12 +37,13 @@ def _rest16_kernel_gluon(
     NREAL, NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, FIRST, NPROG, NSLOT,
-    GQ: gl.constexpr, D: gl.constexpr, S: gl.constexpr, P: gl.constexpr, BN: gl.constexpr,
-    BT: gl.constexpr, PAGED: gl.constexpr, HAS_NEW: gl.constexpr,
+    GQ: gl.constexpr, D: gl.constexpr, S: gl.constexpr, P: gl.constexpr, BT: gl.constexpr,
+    HAS_NEW: gl.constexpr,
 ):  # fmt: skip
     """Program ``(bh, j)``: 16-bit tiles ``j, j + NPROG, ...`` of row ``bh // H``, head ``bh % H``.
     Token ``u`` of the list is sink token ``u`` (``u < ns``), else token ``qe + u - ns`` (key buffer
-    and value window rows past the quantized ranges; the last, with ``HAS_NEW``, the new token)."""
+    and value window rows past the quantized ranges; the last, with ``HAS_NEW``, the new token). ``qe``
+    is the split kernel's (its ``max`` with the end of the page tiles never binds)."""
     dt: gl.constexpr = Q.dtype.element_ty
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     la: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -57,14 +58,9 @@ def _rest16_kernel_gluon(
     npg = gl.load(NPAGES + b)
     nvq = gl.load(NVQ + b)
     ns = gl.minimum(nreal, S)
-    if PAGED:
-        nft = gl.minimum(npg * P, nvq) // BN
-    else:
-        nft = nreal * 0
     kq_end = S + npg * P
     vq_end = S + nvq
-    qs = gl.minimum(S + nft * BN, nreal)
-    qe = gl.maximum(gl.minimum(gl.maximum(kq_end, vq_end), nreal), qs)
+    qe = gl.minimum(gl.maximum(kq_end, vq_end), nreal)  # the end of both quantized ranges
     n16 = ns + nreal + HAS_NEW - qe
     n16t = gl.cdiv(n16, BT)
     # q^T: the B operand (D channels x 8 heads), heads >= GQ zero

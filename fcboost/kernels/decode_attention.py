@@ -423,32 +423,26 @@ def decode_attention(
     def launch_rest(part: int = 0):
         """The rest kernel; ``part`` 1 / 2: the 16-bit tiles / the quantized tail alone."""
         first, n_prog = rest_slots[part]
-        if part == 1 and g16:
-            from fcboost.kernels.attention_rest_gluon import _rest16_kernel_gluon
-
-            _rest16_kernel_gluon[(B * H, n_prog)](
-                q, q.stride(0), q.stride(1),
-                st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
-                st.k_buf, *st.k_buf.stride()[:3],
-                st.v_win, *st.v_win.stride()[:3],
-                kn, vn, *nstr,
-                st.n_real, st.n_pages, st.n_vq,
-                o_acc, o_m, o_l,
-                scaling * LOG2E, H, first, n_prog, nslot,
-                GQ=GQ, D=D, S=S, P=P, BN=BN, BT=ro["bt"], PAGED=paged, HAS_NEW=has_new, num_warps=1,
-            )  # fmt: skip
-            return
-        common = (
+        rows16 = (  # the 16-bit rows' sources
             q, q.stride(0), q.stride(1),
             st.sink_k, st.sink_v, *st.sink_k.stride()[:3],
             st.k_buf, *st.k_buf.stride()[:3],
             st.v_win, *st.v_win.stride()[:3],
-            *packed,
+        )  # fmt: skip
+        out_args = (
             kn, vn, *nstr,
             st.n_real, st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, first, n_prog, nslot,
         )  # fmt: skip
+        if part == 1 and g16:
+            from fcboost.kernels.attention_rest_gluon import _rest16_kernel_gluon
+
+            _rest16_kernel_gluon[(B * H, n_prog)](
+                *rows16, *out_args, GQ=GQ, D=D, S=S, P=P, BT=ro["bt"], HAS_NEW=has_new, num_warps=1
+            )
+            return
+        common = (*rows16, *packed, *out_args)
         meta = dict(GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, NB=nb, NBP=NBP, KBOOST=kboost, VBOOST=vboost,
                     PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None, num_warps=rest_warps or 4,
                     **({"maxnreg": ro["maxnreg"]} if ro["maxnreg"] else {}))  # fmt: skip

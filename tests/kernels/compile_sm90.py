@@ -187,7 +187,7 @@ def main() -> None:
     rp = dict(Q="*bf16", SK="*bf16", SV="*bf16", KB="*bf16", VW="*bf16", KN="*bf16", VN="*bf16", NREAL="*i32",
               NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
     for BT, D in ((64, 128), (32, 128), (16, 64)):
-        consts = dict(GQ=4, D=D, S=32, P=128, BN=128, BT=BT, PAGED=True, HAS_NEW=True)
+        consts = dict(GQ=4, D=D, S=32, P=128, BT=BT, HAS_NEW=True)
         sig = {
             n: "constexpr" if n in consts else rp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
