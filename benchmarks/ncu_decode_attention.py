@@ -1,6 +1,6 @@
 """Drive the decode-attention kernels for an Nsight Compute profile (one shape, one method).
 
-ncu --launch-skip 3 --launch-count 3 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
+ncu --launch-skip 2 --launch-count 1 ... python benchmarks/ncu_decode_attention.py kivi 8 32768
 Extra ``key=value`` arguments go to ``decode_attention``; ``gluon=True`` runs the Gluon page kernel,
 with ``stages=N``, ``maxnreg=N`` and ``dup=False`` as its knobs (else the launcher's defaults).
 """

@@ -59,7 +59,7 @@ import torch
 import triton
 
 from fcboost.kernels.attention_page import _page_kernel
-from fcboost.kernels.attention_rest import _combine_kernel, _rest_kernel, _rest_split_kernel
+from fcboost.kernels.attention_rest import _combine_kernel, _combine_rows_kernel, _rest_kernel, _rest_split_kernel
 from fcboost.kernels.state import PackedKVState
 
 LOG2E = 1.4426950408889634
@@ -277,7 +277,9 @@ def decode_attention(
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
     launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
     before session 7), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
-    priority).
+    priority); ``combine`` ``"heads"`` (default: one combine program per query head) or ``"rows"``
+    (one per row and KV head, :func:`~fcboost.kernels.attention_rest._combine_rows_kernel`) and
+    ``combine_warps`` (default 4).
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -416,9 +418,18 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
-    lo = {"order": "page", "priority": 0, **(_launch or {})}
-    if set(lo) - {"order", "priority"} or lo["order"] not in ("page", "rest") or lo["priority"] > 0:
-        raise ValueError(f"_launch={_launch}: expected order 'page'/'rest' and priority <= 0")
+    lo = {"order": "page", "priority": 0, "combine": "heads", "combine_warps": 4, **(_launch or {})}
+    if (
+        set(lo) - {"order", "priority", "combine", "combine_warps"}
+        or lo["order"] not in ("page", "rest")
+        or lo["priority"] > 0
+        or lo["combine"] not in ("heads", "rows")
+        or lo["combine_warps"] not in (1, 2, 4, 8)
+    ):
+        raise ValueError(
+            f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine 'heads'/'rows', "
+            "combine_warps 1/2/4/8"
+        )
 
     def launch_rest(part: int = 0):
         """The rest kernel; ``part`` 1 / 2: the 16-bit tiles / the quantized tail alone."""
@@ -535,9 +546,16 @@ def decode_attention(
         if mixed:
             torch.cuda.current_stream(q.device).wait_stream(side3)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
-    _combine_kernel[(B * H, GQ)](
-        o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D
-    )
+    if lo["combine"] == "rows":
+        _combine_rows_kernel[(B * H,)](
+            o_acc, o_m, o_l, out, nslot, GQ=GQ, GQP=max(2, triton.next_power_of_2(GQ)),
+            SB=min(8, max(2, triton.next_power_of_2(nslot))), D=D, num_warps=lo["combine_warps"],
+        )  # fmt: skip
+    else:
+        _combine_kernel[(B * H, GQ)](
+            o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D,
+            num_warps=lo["combine_warps"],
+        )  # fmt: skip
     return out
 
 
