@@ -440,36 +440,3 @@ def _combine_kernel(O_ACC, O_M, O_L, OUT, NSLOT, GQ: tl.constexpr, NSP: tl.const
     a = tl.load(O_ACC + base[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)  # (NSP, D)
     out = tl.sum(a * w[:, None], 0) / tl.sum(l_s * w, 0)
     tl.store(OUT + (bh * GQ + g) * D + d, out.to(OUT.dtype.element_ty))
-
-
-@triton.jit
-def _combine_rows_kernel(
-    O_ACC, O_M, O_L, OUT, NSLOT, GQ: tl.constexpr, GQP: tl.constexpr, SB: tl.constexpr, D: tl.constexpr
-):
-    """As :func:`_combine_kernel` with one program per (row, KV head) for all its ``GQ`` query heads,
-    ``SB`` slots at a time: the maximum over every slot's ``m`` first, then the weighted sums (fewer,
-    larger programs: ``B*H`` instead of ``B*H*GQ``)."""
-    bh = tl.program_id(0)
-    g = tl.arange(0, GQP)
-    s = tl.arange(0, SB)
-    d = tl.arange(0, D)
-    gok = g < GQ
-    m = tl.full([GQP], float("-inf"), tl.float32)
-    for s0 in range(0, NSLOT, SB):
-        ok = ((s0 + s) < NSLOT)[:, None] & gok[None, :]
-        m_s = tl.load(O_M + (bh * NSLOT + s0 + s)[:, None] * GQ + g[None, :], mask=ok, other=float("-inf"))
-        m = tl.maximum(m, tl.max(m_s, 0))
-    m = tl.where(m == float("-inf"), 0.0, m)  # (a head with no token: every weight 0 below)
-    acc = tl.zeros([GQP, D], tl.float32)
-    den = tl.zeros([GQP], tl.float32)
-    for s0 in range(0, NSLOT, SB):
-        ok = ((s0 + s) < NSLOT)[:, None] & gok[None, :]
-        base = (bh * NSLOT + s0 + s)[:, None] * GQ + g[None, :]  # (SB, GQP)
-        m_s = tl.load(O_M + base, mask=ok, other=float("-inf"))
-        l_s = tl.load(O_L + base, mask=ok, other=0.0)
-        w = tl.where(m_s == float("-inf"), 0.0, tl.math.exp2(m_s - m[None, :]))
-        a = tl.load(O_ACC + base[:, :, None] * D + d[None, None, :], mask=ok[:, :, None], other=0.0)
-        acc += tl.sum(a * w[:, :, None], 0)
-        den += tl.sum(l_s * w, 0)
-    out = acc / tl.where(gok, den, 1.0)[:, None]
-    tl.store(OUT + (bh * GQ + g)[:, None] * D + d[None, :], out.to(OUT.dtype.element_ty), mask=gok[:, None])

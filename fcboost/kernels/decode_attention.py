@@ -61,7 +61,6 @@ import triton
 from fcboost.kernels.attention_page import _page_kernel
 from fcboost.kernels.attention_rest import (
     _combine_kernel,
-    _combine_rows_kernel,
     _rest_kernel,
     _rest_split_kernel,
 )
@@ -282,9 +281,9 @@ def decode_attention(
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
     launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
     before session 7), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
-    priority); ``combine`` ``"heads"`` (default: one combine program per query head) or ``"rows"``
-    (one per row and KV head, :func:`~fcboost.kernels.attention_rest._combine_rows_kernel`) and
-    ``combine_warps`` (default 4).
+    priority); ``combine_warps``: the combine programs' warps (default: 1 for at most 16 partials per
+    program, else 4; one program per row and KV head over all its query heads was slower at every
+    shape, up to 2.5x at batch 1: ``combine_s9_h200.json``).
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -423,17 +422,15 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
-    lo = {"order": "page", "priority": 0, "combine": "heads", "combine_warps": 4, **(_launch or {})}
+    lo = {"order": "page", "priority": 0, "combine_warps": None, **(_launch or {})}
     if (
-        set(lo) - {"order", "priority", "combine", "combine_warps"}
+        set(lo) - {"order", "priority", "combine_warps"}
         or lo["order"] not in ("page", "rest")
         or lo["priority"] > 0
-        or lo["combine"] not in ("heads", "rows")
-        or lo["combine_warps"] not in (1, 2, 4, 8)
+        or lo["combine_warps"] not in (None, 1, 2, 4, 8)
     ):
         raise ValueError(
-            f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine 'heads'/'rows', "
-            "combine_warps 1/2/4/8"
+            f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine_warps 1/2/4/8"
         )
 
     def launch_rest(part: int = 0):
@@ -551,16 +548,15 @@ def decode_attention(
         if mixed:
             torch.cuda.current_stream(q.device).wait_stream(side3)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
-    if lo["combine"] == "rows":
-        _combine_rows_kernel[(B * H,)](
-            o_acc, o_m, o_l, out, nslot, GQ=GQ, GQP=max(2, triton.next_power_of_2(GQ)),
-            SB=min(8, max(2, triton.next_power_of_2(nslot))), D=D, num_warps=lo["combine_warps"],
-        )  # fmt: skip
-    else:
-        _combine_kernel[(B * H, GQ)](
-            o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=max(2, triton.next_power_of_2(nslot)), D=D,
-            num_warps=lo["combine_warps"],
-        )  # fmt: skip
+    nsp = max(2, triton.next_power_of_2(nslot))
+    if lo["combine_warps"] is None:
+        # one warp while a program's partials are at most 16 x D (H200, probe_s9a_h200.json, one warp
+        # against four: 64 x 4K 106.6 -> 102.5 us static + values, 84.8 -> 79.8 kivi; 32 x 8K 2-3%
+        # faster); more slots (batch 1: about 130) spill in one or two warps (1 x 32K 28 -> 65-71 us)
+        lo["combine_warps"] = 1 if nsp <= 16 else 4
+    _combine_kernel[(B * H, GQ)](
+        o_acc, o_m, o_l, out, nslot, GQ=GQ, NSP=nsp, D=D, num_warps=lo["combine_warps"]
+    )  # fmt: skip
     return out
 
 

@@ -116,13 +116,13 @@ def test_gluon_split_waves(B, pages, slots, want):
     assert gluon_split_waves(B, 8, pages, slots) == want
 
 
-@pytest.mark.parametrize("G,n_splits", [(3, 1), (4, 11)])
-def test_combine_per_row_matches_reference(G, n_splits, device):
-    """One combine program per (row, KV head) over all its heads, slots 8 at a time (11 splits + the
-    rest's: two chunks, the second partly masked; GQA 3: a padded head), against the reference."""
+@pytest.mark.parametrize("G,n_splits,warps", [(3, 1, None), (4, 11, 1), (4, 11, 2)])
+def test_combine_warps_match_reference(G, n_splits, warps, device):
+    """The combine with one, two or the default warps (11 splits + the rest's partials: 16-32 slots,
+    the last ones masked; GQA 3), against the reference."""
     _check(
         _cfg("static", **PAPER), [1, 161, 700, 1300], H=2, G=G, D=64, dtype=torch.float16, device=device,
-        n_splits=n_splits, _launch={"combine": "rows", "combine_warps": 2},
+        n_splits=n_splits, _launch={"combine_warps": warps},
     )  # fmt: skip
 
 
@@ -134,7 +134,7 @@ def test_launch_knobs_are_checked():
     with pytest.raises(ValueError, match="_launch="):
         decode_attention(q, st, 0.125, _launch={"priority": 1})
     with pytest.raises(ValueError, match="combine"):
-        decode_attention(q, st, 0.125, _launch={"combine": "all"})
+        decode_attention(q, st, 0.125, _launch={"combine_warps": 3})
     with pytest.raises(ValueError, match="split='rows'"):
         decode_attention(q, st, 0.125, _gluon={"split": "rows"})
     with pytest.raises(ValueError, match="resident=0"):
