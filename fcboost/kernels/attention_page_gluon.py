@@ -126,16 +126,14 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
                 ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
                 D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
-                STAGES: gl.constexpr, VGATHER: gl.constexpr, FIRST: gl.constexpr):  # fmt: skip
+                STAGES: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
     """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
     (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
     the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high
     value planes (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the
-    slot map ``sidx``. ``ok`` false: zero-filled (nothing read). The page-wide pieces (key scales and
-    zeros, the slot map) only with ``FIRST`` (the page's first step: the only one that reads them; was
-    every step, twice the copies)."""
+    slot map ``sidx``. ``ok`` false: zero-filled (nothing read)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -151,9 +149,8 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
     _cp_async(v_s.index(slot), v_base + gs * (D * 16) + vr[:, None] * 16 + vm[None, :], mask=ok)
     ls: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
     sc = gl.arange(0, D, layout=ls)
-    if FIRST:
-        _cp_async(ks_s.index(slot), KSC + ks_base + pg * s_ksp + sc, mask=ok)
-        _cp_async(kz_s.index(slot), KZR + ks_base + pg * s_ksp + sc, mask=ok)
+    _cp_async(ks_s.index(slot), KSC + ks_base + pg * s_ksp + sc, mask=ok)
+    _cp_async(kz_s.index(slot), KZR + ks_base + pg * s_ksp + sc, mask=ok)
     lt: gl.constexpr = gl.BlockedLayout([1, 2 * G], [16, 2], [1, 1], [1, 0])
     tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lt))
     tc = gl.arange(0, 4 * G, layout=gl.SliceLayout(0, lt))
@@ -166,11 +163,10 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
         hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
         hr = _perm4(hr)
         _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
-        if FIRST:
-            li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
-            _cp_async(
-                ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
-            )  # the page's map
+        li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
+        _cp_async(
+            ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
+        )  # the page's map
     if VBOOST:
         gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
         gsl = gr % 16
@@ -325,7 +321,7 @@ def _page_kernel_gluon(
     for d in gl.static_range(STAGES - 1):
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
                     k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
-                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER, d % 2 == 0)  # fmt: skip
+                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
     for pg in range(i0, i1):
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
         if VGATHER:  # the boosted channels' plane masks (re-read per page, as below)
@@ -337,8 +333,7 @@ def _page_kernel_gluon(
             _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
             _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s,
                         vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
-                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER,
-                        (st + STAGES - 1) % 2 == 0)  # fmt: skip
+                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
             slot = g % STAGES
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
