@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import subprocess
 import sys
@@ -418,7 +417,7 @@ def main() -> None:
             save()
     res["total_s"] = time.time() - t_start
     save()
-    print("done in", round(res["total_s"]), "s; nan check", math.isnan(0.0))
+    print(f"done in {round(res['total_s'])} s: {len(res['runs'])} runs, {len(res['errors'])} errors")
 
 
 if __name__ == "__main__":
