@@ -72,6 +72,14 @@ LOG2E = 1.4426950408889634
 _SIDE: dict = {}
 
 
+# launch orders (``_launch={"order": ...}``) of the page kernel, the rest and the mixed pages' launch
+ORDERS = {
+    "page": ("page", "rest", "mixed"),
+    "rest": ("rest", "page", "mixed"),
+    "mixed": ("mixed", "page", "rest"),
+}
+
+
 def _side_stream(device: torch.device, priority: int = 0, slot: int = 0) -> torch.cuda.Stream:
     """One side stream per device, priority and slot (created once, reused by graph replays): the
     rest kernel's (priority 0; slot 1: the second rest launch with ``_rest={"parts": 2}``; slot 2: the
@@ -279,8 +287,8 @@ def decode_attention(
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
-    launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
-    before session 7), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
+    launched first, the rest fills the SMs its last wave leaves, the mixed pages' launch last),
+    ``"rest"`` (the rest first, as before session 7) or ``"mixed"`` (the mixed pages first), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
     priority); ``combine_warps``: the combine programs' warps (default: 1 for at most 16 partials per
     program, else 4; one program per row and KV head over all its query heads was slower at every
     shape, up to 2.5x at batch 1: ``combine_s9_h200.json``).
@@ -422,15 +430,15 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
-    lo = {"order": "page", "priority": 0, "combine_warps": None, **(_launch or {})}
+    lo = {"order": "page", "priority": 0, "combine_warps": None, "mixed_after_page": False, **(_launch or {})}
     if (
-        set(lo) - {"order", "priority", "combine_warps"}
-        or lo["order"] not in ("page", "rest")
+        set(lo) - {"order", "priority", "combine_warps", "mixed_after_page"}
+        or lo["order"] not in ORDERS
         or lo["priority"] > 0
         or lo["combine_warps"] not in (None, 1, 2, 4, 8)
     ):
         raise ValueError(
-            f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine_warps 1/2/4/8"
+            f"_launch={_launch}: expected order in {sorted(ORDERS)}, priority <= 0, combine_warps 1/2/4/8"
         )
 
     def launch_rest(part: int = 0):
@@ -524,21 +532,24 @@ def decode_attention(
         side2 = _side_stream(q.device, 0, 1) if two else None
         if side2 is not None:
             side2.wait_stream(cur)
-        for part in ("page", "rest") if lo["order"] == "page" else ("rest", "page"):
+        side3 = _side_stream(q.device, 0, 2) if mixed else None
+        if side3 is not None:
+            side3.wait_stream(cur)
+        for part in ORDERS[lo["order"]]:
             if part == "rest":
                 with torch.cuda.stream(side):
                     launch_rest(1 if two else 0)
                 if side2 is not None:  # the quantized tail beside the 16-bit tiles
                     with torch.cuda.stream(side2):
                         launch_rest(2)
-            else:
+            elif part == "page":
                 with torch.cuda.stream(pst):
                     launch_page()
-        side3 = _side_stream(q.device, 0, 2) if mixed else None
-        if side3 is not None:  # the mixed pages beside the page kernel and the rest
-            side3.wait_stream(cur)
-            with torch.cuda.stream(side3):
-                launch_page(True)
+            elif side3 is not None:  # the mixed pages beside the page kernel and the rest
+                if lo["mixed_after_page"]:  # (until session 9 by mistake: after the page kernel)
+                    side3.wait_stream(pst)
+                with torch.cuda.stream(side3):
+                    launch_page(True)
         if pst is not cur:
             cur.wait_stream(pst)
     if side is not None:
