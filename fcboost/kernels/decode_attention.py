@@ -36,8 +36,8 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   launches side by side, the 16-bit one optionally in Gluon (``attention_rest_gluon``).
 - mixed pages (the Gluon page kernel's ``MIXED``, by default at ``B x H >= 256``): the last key pages,
   whose values are still partly in the 16-bit window, as a launch of their own, one program per
-  (row, head) on a third side stream; the rest's quantized tail then starts at the end of the key
-  pages (usually empty).
+  (row, head) on a third side stream, after the page kernel and beside the rest; the rest's quantized
+  tail then starts at the end of the key pages (usually empty).
 - ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
   log-sum-exp.
 
@@ -70,14 +70,6 @@ LOG2E = 1.4426950408889634
 
 
 _SIDE: dict = {}
-
-
-# launch orders (``_launch={"order": ...}``) of the page kernel, the rest and the mixed pages' launch
-ORDERS = {
-    "page": ("page", "rest", "mixed"),
-    "rest": ("rest", "page", "mixed"),
-    "mixed": ("mixed", "page", "rest"),
-}
 
 
 def _side_stream(device: torch.device, priority: int = 0, slot: int = 0) -> torch.cuda.Stream:
@@ -287,11 +279,12 @@ def decode_attention(
     per SM, the session-6 rule).
     ``_rest``: the rest kernel's experiment knobs (:func:`rest_options`). ``_launch``: how the page
     and rest kernels share the GPU with ``overlap``: ``order`` ``"page"`` (default: the page kernel is
-    launched first, the rest fills the SMs its last wave leaves, the mixed pages' launch last),
-    ``"rest"`` (the rest first, as before session 7) or ``"mixed"`` (the mixed pages first), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
+    launched first, the rest fills the SMs its last wave leaves) or ``"rest"`` (the rest first, as
+    before session 7), ``priority`` (0: none; < 0: the page kernel on a side stream of that CUDA
     priority); ``combine_warps``: the combine programs' warps (default: 1 for at most 16 partials per
     program, else 4; one program per row and KV head over all its query heads was slower at every
-    shape, up to 2.5x at batch 1: ``combine_s9_h200.json``).
+    shape, up to 2.5x at batch 1: ``combine_s9_h200.json``); ``mixed``: the mixed pages' launch
+    ``"after"`` the page kernel (default) or ``"beside"`` it.
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -430,15 +423,17 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
-    lo = {"order": "page", "priority": 0, "combine_warps": None, "mixed_after_page": False, **(_launch or {})}
+    lo = {"order": "page", "priority": 0, "combine_warps": None, "mixed": "after", **(_launch or {})}
     if (
-        set(lo) - {"order", "priority", "combine_warps", "mixed_after_page"}
-        or lo["order"] not in ORDERS
+        set(lo) - {"order", "priority", "combine_warps", "mixed"}
+        or lo["order"] not in ("page", "rest")
         or lo["priority"] > 0
         or lo["combine_warps"] not in (None, 1, 2, 4, 8)
+        or lo["mixed"] not in ("after", "beside")
     ):
         raise ValueError(
-            f"_launch={_launch}: expected order in {sorted(ORDERS)}, priority <= 0, combine_warps 1/2/4/8"
+            f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine_warps 1/2/4/8, "
+            "mixed 'after'/'beside'"
         )
 
     def launch_rest(part: int = 0):
@@ -533,23 +528,26 @@ def decode_attention(
         if side2 is not None:
             side2.wait_stream(cur)
         side3 = _side_stream(q.device, 0, 2) if mixed else None
-        if side3 is not None:
-            side3.wait_stream(cur)
-        for part in ORDERS[lo["order"]]:
+        if side3 is not None and lo["mixed"] == "beside":
+            side3.wait_stream(cur)  # (before the page kernel is launched on cur)
+        for part in ("page", "rest") if lo["order"] == "page" else ("rest", "page"):
             if part == "rest":
                 with torch.cuda.stream(side):
                     launch_rest(1 if two else 0)
                 if side2 is not None:  # the quantized tail beside the 16-bit tiles
                     with torch.cuda.stream(side2):
                         launch_rest(2)
-            elif part == "page":
+            else:
                 with torch.cuda.stream(pst):
                     launch_page()
-            elif side3 is not None:  # the mixed pages beside the page kernel and the rest
-                if lo["mixed_after_page"]:  # (until session 9 by mistake: after the page kernel)
-                    side3.wait_stream(pst)
-                with torch.cuda.stream(side3):
-                    launch_page(True)
+        if side3 is not None:  # the mixed pages: after the page kernel (pst), beside the rest. H200,
+            # probe_s9b_h200.json, against beside both (mixed="beside"): static + values 64 x 4K
+            # 109.2 -> 102.3 us, 32 x 8K 102.8 -> 96.0, kivi 90.6 -> 78.1 / 89.0 -> 78.3 (their
+            # 229-register programs slow the whole-wave page launch they would share the SMs with)
+            if lo["mixed"] == "after":
+                side3.wait_stream(pst)
+            with torch.cuda.stream(side3):
+                launch_page(True)
         if pst is not cur:
             cur.wait_stream(pst)
     if side is not None:

@@ -135,6 +135,8 @@ def test_launch_knobs_are_checked():
         decode_attention(q, st, 0.125, _launch={"priority": 1})
     with pytest.raises(ValueError, match="combine"):
         decode_attention(q, st, 0.125, _launch={"combine_warps": 3})
+    with pytest.raises(ValueError, match="mixed"):
+        decode_attention(q, st, 0.125, _launch={"mixed": "first"})
     with pytest.raises(ValueError, match="split='rows'"):
         decode_attention(q, st, 0.125, _gluon={"split": "rows"})
     with pytest.raises(ValueError, match="resident=0"):
@@ -148,7 +150,8 @@ def test_launch_knobs_are_checked():
 @pytest.mark.parametrize("method", ["kivi", "static"])
 def test_launch_order_and_wave_split(method):
     """The page kernel launched before or after the rest, on a high-priority stream, and split in
-    whole waves: the same partials whatever the order (bitwise), and the reference's result."""
+    whole waves; the mixed pages' launch after the page kernel or beside it: the same partials
+    whatever the order (bitwise), and the reference's result."""
     st = random_state(_cfg(method, **PAPER), [32768, 4097, 1000, 289, 161, 33, 1], 8, 128, torch.bfloat16,
                       "cuda", seed=4)  # fmt: skip
     q = torch.randn(7, 32, 128, device="cuda", dtype=torch.bfloat16)
@@ -159,6 +162,13 @@ def test_launch_order_and_wave_split(method):
         assert torch.equal(decode_attention(q, st, 128**-0.5, kn, vn, _launch=lo), base)
     out = decode_attention(q, st, 128**-0.5, kn, vn, _gluon={"split": "waves"}).float()
     assert (out - ref).norm() / ref.norm() < 6e-3
+    # the mixed pages' launch after the page kernel (default) or beside it, in either order
+    mixed = decode_attention(q, st, 128**-0.5, kn, vn, _gluon={"mixed": True})
+    assert (mixed.float() - ref).norm() / ref.norm() < 6e-3
+    for lo in ({"mixed": "beside"}, {"order": "rest", "mixed": "beside"}, {"priority": -1}):
+        assert torch.equal(
+            decode_attention(q, st, 128**-0.5, kn, vn, _gluon={"mixed": True}, _launch=lo), mixed
+        )
 
 
 @pytest.mark.gpu
