@@ -835,7 +835,7 @@ def _key_pack_plan(
         idx.stride()[:3] if (idx is not None and dynamic) else (0, idx.stride(0) if idx is not None else 0, 0)
     )
     dyn = boost and dynamic
-    BC = (D if dyn else min(D, 32)) if block_channels is None else block_channels
+    BC = (D if dyn else min(D, 64)) if block_channels is None else block_channels
     if BC not in (16, 32, 64, 128, 256) or D % BC:
         raise ValueError(f"block_channels={BC}: expected a power of two >= 16 dividing head_dim={D}")
     if dyn and BC != D:
@@ -917,9 +917,10 @@ def pack_key_pages(
     src: (B, H, T, D) keys; lo: (B, H, NP, P*bits/8, D) uint8; scale/zero: (B, H, NP, D) float16;
     hi: (B, H, NP, P*h/8, nb) uint8 or None (no boost); idx: ``dynamic`` -> (B, H, NP, nb) int16
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
-    Each program quantizes ``block_channels`` channels of one page (default 32: more programs, few
-    registers; Kitty: all D, its selection ranks every channel); ``num_warps`` is a launch setting
-    only (default 4). The static mask's ``idx`` must be ascending
+    Each program quantizes ``block_channels`` channels of one page (default 64: on the H200 at batch
+    64, 4 warps, the fastest of 16/32/64 in every benchmark run of sessions 7-9, e.g. kivi 13.3 us
+    against 15.4 for 32 and static 15.6 against 16.9, ``bench_attention_s9b_h200.json``; Kitty: all
+    D, its selection ranks every channel); ``num_warps`` is a launch setting only (default 4). The static mask's ``idx`` must be ascending
     (slot s holds channel ``idx[h, s]``, as :func:`fcboost.quant.mixed.boost_index` makes it).
     16-bit sources with 4-byte aligned channel pairs take the pair kernel, others (fp32) the
     session-4 kernel; ``_variant`` (private) picks kernel options by name (:data:`KEY_VARIANTS`).
