@@ -59,11 +59,7 @@ import torch
 import triton
 
 from fcboost.kernels.attention_page import _page_kernel
-from fcboost.kernels.attention_rest import (
-    _combine_kernel,
-    _rest_kernel,
-    _rest_split_kernel,
-)
+from fcboost.kernels.attention_rest import _combine_kernel, _rest_kernel, _rest_split_kernel
 from fcboost.kernels.state import PackedKVState
 
 LOG2E = 1.4426950408889634

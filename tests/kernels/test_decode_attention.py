@@ -116,10 +116,11 @@ def test_gluon_split_waves(B, pages, slots, want):
     assert gluon_split_waves(B, 8, pages, slots) == want
 
 
-@pytest.mark.parametrize("G,n_splits,warps", [(3, 1, None), (4, 11, 1), (4, 11, 2)])
+@pytest.mark.parametrize("G,n_splits,warps", [(3, 1, None), (4, 11, 1), (4, 11, 2), (4, 20, None)])
 def test_combine_warps_match_reference(G, n_splits, warps, device):
-    """The combine with one, two or the default warps (11 splits + the rest's partials: 16-32 slots,
-    the last ones masked; GQA 3), against the reference."""
+    """The combine with one, two or the default warps (1 per program up to 16 partials, else 4)
+    against the reference: 11 splits + the rest's = 12 partials in a 16-slot tile (the last four
+    masked), 21 in 32 (the default's 4 warps), GQA 3 with 2 partials."""
     _check(
         _cfg("static", **PAPER), [1, 161, 700, 1300], H=2, G=G, D=64, dtype=torch.float16, device=device,
         n_splits=n_splits, _launch={"combine_warps": warps},
