@@ -7,8 +7,9 @@ with bf16 SDPA on the unquantized cache in the same run. Imports only torch, tri
 ``python benchmarks/gluon_probe.py --out probe.json --stages 2,3 --regs 168``
 
 ``--old-kernel FILE``: also time (and check) another version of ``attention_page_gluon.py`` (e.g.
-``git show <commit>:fcboost/kernels/attention_page_gluon.py > old.py``) as variant ``gluon_old``, for
-an A/B in one run.
+``git show <commit>:fcboost/kernels/attention_page_gluon.py > old.py``, or an experiment under
+``benchmarks/variants/``) as variant ``gluon_old``, for an A/B in one run; ``--old-kw NAME=JSON``
+(repeatable): instead, variants ``gluon_old_NAME`` of it with these ``decode_attention`` keywords.
 """
 
 from __future__ import annotations
@@ -109,6 +110,14 @@ def main() -> None:
         "--per-sm", default="", help="split counts aiming at N page programs per SM (comma list; default 32)"
     )
     ap.add_argument(
+        "--old-kw",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="with --old-kernel: a variant gluon_old_NAME of it with these decode_attention keywords, e.g. "
+        'p2=\'{"_gluon": {"stages": 4}}\' (repeatable; none: one variant gluon_old with the defaults)',
+    )
+    ap.add_argument(
         "--variant", action="append", default=[], metavar="NAME=JSON",
         help='a Gluon variant with these decode_attention keywords, e.g. nodup=\'{"_gluon": {"dup": false}}\' '
         "(repeatable)",
@@ -123,8 +132,11 @@ def main() -> None:
             [int(x) for x in args.regs.split(",")],
         )
     )
-    if old is not None:
+    if old is not None and not args.old_kw:
         variants["gluon_old"] = {"page_impl": "gluon", "_old": True}
+    for v in args.old_kw if old is not None else ():
+        name, _, knobs = v.partition("=")
+        variants[f"gluon_old_{name}"] = {"page_impl": "gluon", "_old": True, **json.loads(knobs)}
     for v in args.variant:
         name, _, knobs = v.partition("=")
         variants[f"gluon_{name}"] = {"page_impl": "gluon", **json.loads(knobs)}
