@@ -150,24 +150,39 @@ def main() -> None:
         print("pack values", boost, BT, usage(k), flush=True)
     # the Gluon page kernel (no boost, Kitty keys, static keys, static keys + values), as the launcher
     # specializes it: 16-byte aligned pointers and strides (its cp.async copies need them)
+    import importlib.util
+
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from fcboost.kernels import attention_page_gluon as apg
     from fcboost.kernels import attention_rest_gluon as arg
 
-    fn = apg._page_kernel_gluon
+    spec = importlib.util.spec_from_file_location("p2", "benchmarks/variants/attention_page_gluon_p2.py")
+    p2 = importlib.util.module_from_spec(spec)  # the page-at-once experiment (gpu_s10_probe.sh)
+    spec.loader.exec_module(p2)
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32",
               VW="*bf16")  # fmt: skip
-    for kb, vb, dup, mixed, name in (
-        (False, False, False, False, "kivi"),
-        (True, False, False, False, "kitty / static keys"),
-        (True, True, True, False, "static"),  # GQA 4: the heads repeated in columns 4-7 (the default)
-        (True, True, False, False, "static, GQA > 4"),
-        (False, False, False, True, "kivi, mixed pages"),
-        (True, True, True, True, "static, mixed pages"),
+    for kb, vb, dup, mixed, name, fn, stages in (
+        (False, False, False, False, "kivi", apg._page_kernel_gluon, 2),
+        (True, False, False, False, "kitty / static keys", apg._page_kernel_gluon, 2),
+        (
+            True,
+            True,
+            True,
+            False,
+            "static",
+            apg._page_kernel_gluon,
+            2,
+        ),  # GQA 4: heads repeated in columns 4-7
+        (True, True, False, False, "static, GQA > 4", apg._page_kernel_gluon, 2),
+        (False, False, False, True, "kivi, mixed pages", apg._page_kernel_gluon, 2),
+        (True, True, True, True, "static, mixed pages", apg._page_kernel_gluon, 2),
+        (False, False, False, False, "kivi, page-at-once experiment", p2._page_kernel_gluon, 4),
+        (True, True, True, False, "static, page-at-once experiment", p2._page_kernel_gluon, 4),
+        (True, True, False, True, "static GQA > 4, mixed, page-at-once experiment", p2._page_kernel_gluon, 4),
     ):
-        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed)
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=stages, DUP=dup, MIXED=mixed)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
