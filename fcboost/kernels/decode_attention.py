@@ -48,7 +48,7 @@ plus two ``prmt``): each masked byte becomes the mantissa of a *subnormal* half,
 offset for the tensor cores' fp32 accumulation to lose (a ``1024 + code`` variant lost 7x in
 precision on the H200); the interpreter uses plain integer codes. Supported: 2-bit keys/values
 with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Value codes are stored token-interleaved
-(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s8_h200.json``.
+(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s9b_h200.json``.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def mixed_pages(
     Gluon page kernel runs with page tiles and the split rest kernel). ``knob`` (``_gluon["mixed"]``)
     None: at B x H >= 256 (H200, mixed2_s8_h200.json: 64 x 4K static + values 125.6 -> 107.5 us, kivi
     93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster; at B x H <= 64 its one program per (row,
-    head) ran after the page kernel's wave: 7-11 us slower). Never with boosted values without
+    head), launched after the page kernel, was 7-11 us slower, and beside it 16-32 us slower at 8 x 32K,
+    probe_s9b_h200.json). Never with boosted values without
     ``dup`` (their low bits are not in the plane accumulators) or a window that is not fp16/bf16 (the
     operands of its window MMA)."""
     want = B * H >= 256 if knob is None else bool(knob)
