@@ -6,10 +6,11 @@ CUDA-graph timings of the whole ``decode_attention`` (page + rest + combine) at 
 with bf16 SDPA on the unquantized cache in the same run. Imports only torch, triton and fcboost.
 ``python benchmarks/gluon_probe.py --out probe.json --stages 2,3 --regs 168``
 
-``--old-kernel FILE``: also time (and check) another version of ``attention_page_gluon.py`` (e.g.
-``git show <commit>:fcboost/kernels/attention_page_gluon.py > old.py``, or an experiment under
-``benchmarks/variants/``) as variant ``gluon_old``, for an A/B in one run; ``--old-kw NAME=JSON``
-(repeatable): instead, variants ``gluon_old_NAME`` of it with these ``decode_attention`` keywords.
+``--old-kernel [NAME=]FILE`` (repeatable): also time (and check) another version of
+``attention_page_gluon.py`` (e.g. ``git show <commit>:fcboost/kernels/attention_page_gluon.py >
+old.py``, or an experiment under ``benchmarks/variants/``) as variant ``gluon_NAME`` (default name
+``old``), for an A/B in one run; ``--old-kw KW=JSON`` (repeatable): instead, variants
+``gluon_NAME_KW`` of each with these ``decode_attention`` keywords.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def gluon_variants(stages=(2,), regs=(168,)) -> dict:
     }
 
 
-def _load_old(path: str):
+def _load_old(path: str, name: str = "old"):
     """Another version of the Gluon page kernel module, loaded from ``path``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("attention_page_gluon_old", path)
+    spec = importlib.util.spec_from_file_location(f"attention_page_gluon_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -75,17 +76,18 @@ class _OldKernel:
         return lambda *a, **kw: launch(*a, **{k: v for k, v in kw.items() if k in keep})
 
 
-def _call(kw: dict, old, *args, **kwargs):
-    """``decode_attention`` with ``kw``; ``_old`` in kw: with the old module's page kernel swapped in
-    (``decode_attention`` imports the kernel at each call)."""
+def _call(kw: dict, olds: dict, *args, **kwargs):
+    """``decode_attention`` with ``kw``; ``_old`` in kw: with that module's page kernel (``olds``, by
+    name) swapped in (``decode_attention`` imports the kernel at each call)."""
     import fcboost.kernels.attention_page_gluon as apg
 
     kw = dict(kw)
     kw.pop("_per_sm", None)  # (correctness: the default split)
-    if not kw.pop("_old", False):
+    name = kw.pop("_old", None)
+    if name is None:
         return decode_attention(*args, **kwargs, **kw)
     new = apg._page_kernel_gluon
-    apg._page_kernel_gluon = _OldKernel(old._page_kernel_gluon)
+    apg._page_kernel_gluon = _OldKernel(olds[name]._page_kernel_gluon)
     try:
         return decode_attention(*args, **kwargs, **kw)
     finally:
@@ -105,7 +107,10 @@ def main() -> None:
     ap.add_argument(
         "--rest-only", action="store_true", help="also time rest + combine alone (no page kernel)"
     )
-    ap.add_argument("--old-kernel", default=None, help="another attention_page_gluon.py to A/B against")
+    ap.add_argument(
+        "--old-kernel", action="append", default=[], metavar="[NAME=]FILE",
+        help="another attention_page_gluon.py to A/B against (repeatable)",
+    )  # fmt: skip
     ap.add_argument(
         "--per-sm", default="", help="split counts aiming at N page programs per SM (comma list; default 32)"
     )
@@ -114,8 +119,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="with --old-kernel: a variant gluon_old_NAME of it with these decode_attention keywords, e.g. "
-        'p2=\'{"_gluon": {"stages": 4}}\' (repeatable; none: one variant gluon_old with the defaults)',
+        help="with --old-kernel: variants gluon_NAME_KW of each with these decode_attention keywords, e.g. "
+        's4=\'{"_gluon": {"stages": 4}}\' (repeatable; none: one variant gluon_NAME with the defaults)',
     )
     ap.add_argument(
         "--variant", action="append", default=[], metavar="NAME=JSON",
@@ -123,7 +128,10 @@ def main() -> None:
         "(repeatable)",
     )  # fmt: skip
     args = ap.parse_args()
-    old = _load_old(args.old_kernel) if args.old_kernel else None
+    olds = {}
+    for v in args.old_kernel:
+        name, _, path = v.rpartition("=")
+        olds[name or "old"] = _load_old(path, name or "old")
     methods = {k: METHODS[k] for k in args.methods.split(",")}
     variants = {"triton": {"page_impl": "triton"}}
     variants.update(
@@ -132,11 +140,12 @@ def main() -> None:
             [int(x) for x in args.regs.split(",")],
         )
     )
-    if old is not None and not args.old_kw:
-        variants["gluon_old"] = {"page_impl": "gluon", "_old": True}
-    for v in args.old_kw if old is not None else ():
-        name, _, knobs = v.partition("=")
-        variants[f"gluon_old_{name}"] = {"page_impl": "gluon", "_old": True, **json.loads(knobs)}
+    for name in olds:
+        if not args.old_kw:
+            variants[f"gluon_{name}"] = {"page_impl": "gluon", "_old": name}
+        for v in args.old_kw:
+            kwname, _, knobs = v.partition("=")
+            variants[f"gluon_{name}_{kwname}"] = {"page_impl": "gluon", "_old": name, **json.loads(knobs)}
     for v in args.variant:
         name, _, knobs = v.partition("=")
         variants[f"gluon_{name}"] = {"page_impl": "gluon", **json.loads(knobs)}
@@ -156,7 +165,7 @@ def main() -> None:
             q = torch.randn(B, HQ, D, device=dev, dtype=dt)
             kn, vn = (torch.randn(B, HKV, D, device=dev, dtype=dt) for _ in range(2))
             ref = decode_attention_reference(q, st, scaling, kn, vn)
-            e = {k: rel(_call(kw, old, q, st, scaling, kn, vn), ref) for k, kw in variants.items()}
+            e = {k: rel(_call(kw, olds, q, st, scaling, kn, vn), ref) for k, kw in variants.items()}
             res["correctness"].append({"method": mname, "dtype": str(dt), "lengths": lengths, "rel_l2": e})
             print("correct", mname, dt, {k: f"{v:.2e}" for k, v in e.items()}, flush=True)
     dtype = torch.bfloat16
@@ -178,7 +187,7 @@ def main() -> None:
                     ns = min(max(1, round(kw.pop("_per_sm") * n_sm / (B * HKV))), max(1, mt // 4))
                     kw["n_splits"] = ns
                     row.setdefault("splits", {})[key] = ns
-                fn = partial(_call, kw, old, q, st, scaling, kn, vn, max_tiles=mt)
+                fn = partial(_call, kw, olds, q, st, scaling, kn, vn, max_tiles=mt)
                 row["variants"][key] = {"us": graph_us(fn)}
             if args.rest_only:  # no page programs: what the rest and combine kernels cost alone
                 fn = partial(decode_attention, q, st, scaling, kn, vn, max_tiles=mt, n_splits=0)
