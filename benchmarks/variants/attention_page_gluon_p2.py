@@ -1,40 +1,21 @@
-"""EXPERIMENT (not used by fcboost; A/B it with ``benchmarks/gluon_probe.py --old-kernel`` and
-``--old-kw '{"_gluon": {"stages": 4}}'``): the Gluon page kernel with the page loop at page
-granularity: both 64-token steps' scores first (eight independent MMA chains), one maximum and at
-most one rescale per page, then both steps' values; the next page's two steps in flight while a page
-is computed (``STAGES`` must be 4). Motivation: the session-9 Nsight profile of the step loop
-(``experiments/decode_attention.md``): dependent ALU/MMA chains at about two warps per scheduler.
-Compiled offline for sm_90 only; not yet run on a GPU.
+"""EXPERIMENTS (not used by fcboost; A/B them with ``benchmarks/gluon_probe.py --old-kernel`` and
+``--old-kw '{"_gluon": {"stages": 4}}'``, as ``benchmarks/gpu_s10_probe.sh`` does): the Gluon page
+kernel of :mod:`fcboost.kernels.attention_page_gluon` (its helpers imported from there) with the
+page loop at page granularity.
 
-The original module docstring follows.
+p2 (this module's ``_page_kernel_gluon``): both 64-token steps' scores first (eight independent MMA
+chains), one maximum and at most one rescale per page, then both steps' values; the next page's two
+steps in flight while a page is computed (``STAGES`` must be 4). Motivation: the session-9 Nsight
+profile of the step loop (``experiments/decode_attention.md``): dependent ALU/MMA chains at about two
+warps per scheduler.
 
-The page-tile loop of the fused decode attention in Gluon (Triton with explicit layouts), the
-default on CUDA for 2-bit codes, page size 128, head_dim 128, up to 8 query heads per KV head and no
-boost, a static mask of 16 channels (keys; values too) or Kitty's 16 channels per page.
+p3 (``PSTORE``; ``attention_page_gluon_p3.py`` launches it so): the value phase in two halves, a page's
+eight weighted ``P^T`` tiles stored to their own shared-memory tiles, one barrier, then every value
+MMA (the package kernel transposes each block through one scratch buffer, the transposes separated
+by barriers: three per 64-token step in the sm_90 loop). The mixed pages' launch keeps p2's loop.
 
-Why: Triton's ``tl.dot`` picks the MMA operand layouts itself. The Triton page kernel pads GQA 4 to the
-16 rows of an ``mma.m16n8k16`` (a quarter of every MMA, accumulator and softmax lane does real work) and
-rebuilds the query operand around every MMA (about a fifth of its loop instructions; see
-``experiments/decode_attention.md``). Here each program is **one warp** and every tensor lives in an
-MMA fragment layout: the **codes are the A operand** (16 tokens, or 16 value channel-bytes, per row
-block) and the **query heads the N = 8 columns** (GQA 4 pads to 8: half the MMAs, accumulator
-registers and softmax lanes), each thread reads exactly the bytes of its fragment (4 consecutive k per
-32-bit word with ``k_width=4``; the value planes' interleaved storage, :mod:`fcboost.quant.layout`,
-makes a thread's four tokens of a channel byte one word) and unpacks all four planes of a word in
-place (one ``shr`` and eight ``and``: exact fp16 subnormals, :func:`_graw4`; the k order this leaves is
-matched by permuting the other operand's rows, :func:`_perm4`), the probabilities go from the scores'
-accumulator layout to the B operand of ``O^T = V^T . P^T`` through one ``stmatrix``/``ldmatrix``
-transpose, no cross-warp reductions exist, and the accumulators are rescaled only when a head's
-maximum grows.
-
-**Pipelined**: every 64-token step's bytes (key and value codes, scales, boosted high bits, and
-without ``DUP`` the boosted value rows gathered by the copy itself) go global -> shared memory with ``cp.async``
-``STAGES - 1`` steps ahead of the step being computed, so a one-warp program always has loads in
-flight (H200, 8 x 32K: KIVI 114 -> 80 us, static + values 183 -> 133 us against direct loads;
-``benchmarks/results/gluon_stages_s5_h200.json``).
-
-Writes the same partials ``(acc, m, l)`` as :func:`fcboost.kernels.attention_page._page_kernel` for
-the same split, so the rest and combine kernels are shared (:func:`fcboost.kernels.decode_attention.decode_attention`).
+Compiled offline for sm_90 only (``tests/kernels/compile_sm90.py``); not yet run on a GPU. The
+kernel's prologue and epilogue are the package kernel's, copied: only the page loop differs.
 """
 
 from __future__ import annotations
@@ -44,149 +25,16 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as _ac
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-# Triton 3.6 (the H200 image) names these async_copy_global_to_shared / thread_barrier; later Triton
-# async_load / barrier
-_cp_async = getattr(_ac, "async_load", None) or _ac.async_copy_global_to_shared
-_warp_sync = getattr(gl, "barrier", None) or gl.thread_barrier
-
-
-# 4 packed uint8 ($8) -> the 4 code planes at once, 2 registers each: plane j is ``w & (3 << 2j)``
-# per byte as fp16 *subnormals* (code * 4^j * 2^-24, exact: the masked byte is a half's mantissa under
-# a zero exponent, no offset for the tensor cores' accumulation to lose precision on). Bytes 0 and 2
-# fill the first register's halves and bytes 1 and 3 (one shift of the word) the second's, so a
-# plane costs two ``and`` and the word one ``shr`` (the Triton kernel's ``and`` + 2 ``prmt`` per
-# plane put the bytes in order: 12 instructions per word instead of 9). The price: a thread's 4
-# consecutive k come out in the order (0, 2, 1, 3), so the other operand's k must be permuted
-# alike (:func:`_perm4`).
-G_RAW4: gl.constexpr = gl.constexpr(
-    "{ .reg .b32 t;\nshr.b32 t, $8, 8;\n"
-    "and.b32 $0, $8, 0x00030003;\nand.b32 $1, t, 0x00030003;\n"
-    "and.b32 $2, $8, 0x000c000c;\nand.b32 $3, t, 0x000c000c;\n"
-    "and.b32 $4, $8, 0x00300030;\nand.b32 $5, t, 0x00300030;\n"
-    "and.b32 $6, $8, 0x00c000c0;\nand.b32 $7, t, 0x00c000c0; }"
+from fcboost.kernels.attention_page_gluon import (
+    _col,
+    _graw4,
+    _graw_m,
+    _issue_step,
+    _perm4,
+    _perm4_rows,
+    _perm4_vec,
+    _warp_sync,
 )
-
-
-@gluon.jit
-def _graw4(x):
-    """uint8 codes (a layout whose 4 consecutive register elements are one 32-bit word) -> the four
-    fp16 planes ``(x & (3 << 2j)) * 2^-24``, j = 0..3, each with its k permuted by :func:`_perm4`
-    (element 4i + e holds byte 4i + perm(e))."""
-    return gl.inline_asm_elementwise(
-        G_RAW4, "=r,=r,=r,=r,=r,=r,=r,=r,r", [x],
-        dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4,
-    )  # fmt: skip
-
-
-@gluon.jit
-def _perm4(i):
-    """The k order :func:`_graw4` leaves: positions 1 and 2 of each group of 4 swapped (an involution)."""
-    return (i // 4) * 4 + (i % 2) * 2 + (i // 2) % 2
-
-
-@gluon.jit
-def _perm4_vec(buf, N: gl.constexpr, layout: gl.constexpr):
-    """A (N,) shared-memory vector in ``layout`` with its elements in :func:`_perm4` order (permuted
-    within each thread's 4 registers, then one layout conversion)."""
-    x = buf.load(gl.BlockedLayout([4], [32], [1], [0]))
-    x = gl.reshape(gl.permute(gl.reshape(x, [N // 4, 2, 2]), [0, 2, 1]), [N])
-    return gl.convert_layout(x, layout)
-
-
-@gluon.jit
-def _perm4_rows(x, N: gl.constexpr, layout: gl.constexpr):
-    """The (N, 8) operand ``x`` with its rows in :func:`_perm4` order, in ``layout``."""
-    x = gl.reshape(gl.permute(gl.reshape(x, [N // 4, 2, 2, 8]), [0, 2, 1, 3]), [N, 8])
-    return gl.convert_layout(x, layout)
-
-
-G_RAWM: gl.constexpr = gl.constexpr(
-    "{ .reg .b32 t, z;\nmov.b32 z, 0;\nand.b32 t, $2, $3;\nprmt.b32 $0, t, z, 0x4240;\nprmt.b32 $1, t, z, 0x4341; }"
-)
-
-
-@gluon.jit
-def _graw_m(x, m):
-    """One plane per row: ``(x & m) * 2^-24`` with a per-element mask ``m`` (uint8 ``3 << 2j``, the
-    same for the 4 elements of a word: rows of one A operand taken from different planes), in
-    :func:`_graw4`'s k order (bytes 0, 2 | 1, 3)."""
-    return gl.inline_asm_elementwise(G_RAWM, "=r,=r,r,r", [x, m], dtype=gl.float16, is_pure=True, pack=4)
-
-
-@gluon.jit
-def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
-    """Column ``c`` of a (16, 4 GS) tile whose lanes hold whole rows, as fp32 in ``layout`` (split in
-    registers: no shuffles)."""
-    if GS == 1:
-        a, b = gl.split(gl.reshape(t, [16, 2, 2]))  # columns (0, 2), (1, 3)
-        x = a if c % 2 == 0 else b
-        y0, y1 = gl.split(x)
-        y = y0 if c // 2 == 0 else y1
-    else:
-        a, b = gl.split(gl.reshape(t, [16, 4, 2]))
-        x = a if c % 2 == 0 else b  # columns c % 2 + 2k
-        p, q = gl.split(gl.reshape(x, [16, 2, 2]))  # k = (0, 2), (1, 3)
-        z = p if (c // 2) % 2 == 0 else q
-        y0, y1 = gl.split(z)
-        y = y0 if c // 4 == 0 else y1
-    return gl.convert_layout(y, layout).to(gl.float32)
-
-
-@gluon.jit
-def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
-                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
-                D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
-                STAGES: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
-    """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
-    ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
-    the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
-    (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
-    the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high
-    value planes (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the
-    slot map ``sidx``. ``ok`` false: zero-filled (nothing read)."""
-    slot = gs % STAGES
-    pg = gs // 2
-    r0 = 16 * (gs % 2)
-    l16: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [1, 1], [1, 0])
-    kr = gl.arange(0, 16, layout=gl.SliceLayout(1, l16))
-    kc = gl.arange(0, D, layout=gl.SliceLayout(0, l16))
-    kr = _perm4(kr)  # smem row r <- byte row perm(r): the scores' rows come out in the k order of the
-    # value codes' unpacking (_graw4), so P^T feeds the value MMAs as it is
-    _cp_async(k_s.index(slot), k_base + pg * s_klp + (r0 + kr)[:, None] * s_klr + kc[None, :], mask=ok)
-    lv: gl.constexpr = gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0])
-    vr = gl.arange(0, D, layout=gl.SliceLayout(1, lv))  # 4 j x D/4 channel bytes
-    vm = gl.arange(0, 16, layout=gl.SliceLayout(0, lv))
-    _cp_async(v_s.index(slot), v_base + gs * (D * 16) + vr[:, None] * 16 + vm[None, :], mask=ok)
-    ls: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
-    sc = gl.arange(0, D, layout=ls)
-    _cp_async(ks_s.index(slot), KSC + ks_base + pg * s_ksp + sc, mask=ok)
-    _cp_async(kz_s.index(slot), KZR + ks_base + pg * s_ksp + sc, mask=ok)
-    lt: gl.constexpr = gl.BlockedLayout([1, 2 * G], [16, 2], [1, 1], [1, 0])
-    tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lt))
-    tc = gl.arange(0, 4 * G, layout=gl.SliceLayout(0, lt))
-    t_off = (gs * 64 + 4 * _perm4(tm))[:, None] * G + tc[None, :]  # rows as the key rows
-    _cp_async(vs_s.index(slot), vs_base + t_off, mask=ok)
-    _cp_async(vz_s.index(slot), vz_base + t_off, mask=ok)
-    if KBOOST:
-        lh: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [1, 1], [1, 0])
-        hr = gl.arange(0, 16, layout=gl.SliceLayout(1, lh))
-        hc = gl.arange(0, 16, layout=gl.SliceLayout(0, lh))
-        hr = _perm4(hr)
-        _cp_async(kh_s.index(slot), kh_base + pg * s_khp + (r0 + hr)[:, None] * s_khr + hc[None, :], mask=ok)
-        li: gl.constexpr = gl.BlockedLayout([4], [32], [1], [0])
-        _cp_async(
-            ki_s.index(slot), sidx + pg * s_kip + gl.arange(0, 16, layout=li), mask=ok
-        )  # the page's map
-    if VBOOST:
-        gr = gl.arange(0, 64, layout=gl.SliceLayout(1, lv))  # 16 j + slot
-        gsl = gr % 16
-        if VGATHER:
-            ch = gl.load(sidx + gsl).to(gl.int32)  # slot -> channel
-            row = (gr // 16) * (D // 4) + ch // 4  # the channel's byte row in block j
-            _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
-        hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of block j
-        _cp_async(vh_s.index(slot), vh_base + gs * 256 + hrow[:, None] * 16 + vm[None, :], mask=ok)
-    _ac.commit_group()
 
 
 @gluon.jit
@@ -212,6 +60,44 @@ def _scores(k_sm, kh_sm, qs, qh, bias, zero8, la4: gl.constexpr, KBOOST: gl.cons
 
 
 @gluon.jit
+def _pick(st: gl.constexpr, j: gl.constexpr, a0, a1, a2, a3, b0, b1, b2, b3):
+    """Step ``st``'s plane-``j`` score tile."""
+    if st == 0:
+        if j == 0:
+            return a0
+        elif j == 1:
+            return a1
+        elif j == 2:
+            return a2
+        else:
+            return a3
+    else:
+        if j == 0:
+            return b0
+        elif j == 1:
+            return b1
+        elif j == 2:
+            return b2
+        else:
+            return b3
+
+
+@gluon.jit
+def _weigh(pj, vs_t, vz_t, j: gl.constexpr, GS: gl.constexpr, DUP: gl.constexpr, c_hi, rows_l: gl.constexpr):
+    """Value block ``j``'s ``P^T`` weighted by its value scales (fp16) and ``P^T`` times its zeros
+    (``DUP``: columns 4-7 with the group-1 scales and zeros; a thread's two columns are on one side)."""
+    vsj = _col(vs_t, j * GS, GS, rows_l)
+    vzj = _col(vz_t, j * GS, GS, rows_l)
+    if DUP:
+        vsj2 = gl.where(c_hi, _col(vs_t, j * GS + 1, GS, rows_l)[:, None], vsj[:, None])
+        vzj2 = gl.where(c_hi, _col(vz_t, j * GS + 1, GS, rows_l)[:, None], vzj[:, None])
+    else:
+        vsj2 = vsj[:, None]
+        vzj2 = vzj[:, None]
+    return (pj * vsj2).to(gl.float16), pj * vzj2
+
+
+@gluon.jit
 def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
@@ -227,6 +113,7 @@ def _page_kernel_gluon(
     VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) the 16-bit value window (MIXED)
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
     STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, MIXED: gl.constexpr = False,
+    PSTORE: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -307,9 +194,9 @@ def _page_kernel_gluon(
             ob_lo = gl.zeros([NB, 8], gl.float32, layout=mma)
         ob_hi = gl.zeros([NB, 8], gl.float32, layout=mma)
         z1_acc = gl.zeros([16, 8], gl.float32, layout=mma)
-        c_hi = (gl.arange(0, 8, layout=cols_l) >= 4)[None, :]  # DUP: the group-1 columns
     else:
         vh_base = v_base
+    c_hi = (gl.arange(0, 8, layout=cols_l) >= 4)[None, :]  # DUP: the group-1 columns
     m_i = gl.full([8], float("-inf"), gl.float32, layout=cols_l)
     acc0 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
     acc1 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
@@ -350,6 +237,14 @@ def _page_kernel_gluon(
         vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
     else:
         vl_s = v_s
+    if PSTORE:
+        p_s = gl.allocate_shared_memory(gl.float16, [8, 16, 8], flat)  # p3: a page's weighted P^T tiles
+    else:
+        p_s = v_s
+    if PSTORE and VGATHER:
+        p1_s = gl.allocate_shared_memory(gl.float16, [8, 16, 8], flat)  # ... with the group-1 scales
+    else:
+        p1_s = p_s
     gl.static_assert(STAGES == 4, "the page-at-once loop keeps two pages (four steps) in shared memory")
     for d in gl.static_range(2):  # page i0's two steps
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
@@ -402,77 +297,96 @@ def _page_kernel_gluon(
                     z1_acc *= alpha[None, :]
                 ob_hi *= alpha[None, :]
             m_i = m_new
-        for st in gl.static_range(2):  # byte rows 16 st + m, planes j -> token 4(16 st + m) + j
-            g = 2 * pg + st
-            slot = slot0 + st
-            vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
-            vz_t = vz_s.index(slot).load(lrow)
-            if MIXED:
-                if 64 * g + 64 > nvq:  # (uniform) no codes past the quantized values: scales, zeros 0
-                    tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lrow))
-                    tc = gl.arange(0, 4 * GS, layout=gl.SliceLayout(0, lrow))
-                    tv = (64 * g + 4 * _perm4(tm))[:, None] + (tc // GS)[None, :] < nvq
-                    vs_t = gl.where(tv, vs_t, 0.0)
-                    vz_t = gl.where(tv, vz_t, 0.0)
-            for j in gl.static_range(4):
-                if st == 0:
-                    if j == 0:
-                        sj = a0
-                    elif j == 1:
-                        sj = a1
-                    elif j == 2:
-                        sj = a2
-                    else:
-                        sj = a3
-                else:
-                    if j == 0:
-                        sj = b0
-                    elif j == 1:
-                        sj = b1
-                    elif j == 2:
-                        sj = b2
-                    else:
-                        sj = b3
-                pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
-                vsj = _col(vs_t, j * GS, GS, rows_l)
-                vzj = _col(vz_t, j * GS, GS, rows_l)
-                l_acc += pj
-                if DUP:  # columns 4-7: group 1 (a thread's two columns are on one side)
-                    vsj2 = gl.where(c_hi, _col(vs_t, j * GS + 1, GS, rows_l)[:, None], vsj[:, None])
-                    vzj2 = gl.where(c_hi, _col(vz_t, j * GS + 1, GS, rows_l)[:, None], vzj[:, None])
-                else:
-                    vsj2 = vsj[:, None]
-                    vzj2 = vzj[:, None]
-                z_acc += pj * vzj2
-                pb = gl.convert_layout((pj * vsj2).to(gl.float16), lb4)  # B operand: (tokens, heads)
-                va = v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)  # (D/4 channel bytes, 16 tokens)
-                v0, v1, v2, v3 = _graw4(va)  # k (tokens m) in _perm4 order, as the rows of P^T
-                acc0 = mma_v2(v0, pb, acc0)
-                acc1 = mma_v2(v1, pb, acc1)
-                acc2 = mma_v2(v2, pb, acc2)
-                acc3 = mma_v2(v3, pb, acc3)
-                if VBOOST:
-                    vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
-                    if DUP:  # the low bits are in acc0-3's columns 4-7
-                        pb1 = pb
-                    else:
-                        vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)
+        if MIXED or not PSTORE:  # p2 (the mixed pages' launch too)
+            for st in gl.static_range(2):  # byte rows 16 st + m, planes j -> token 4(16 st + m) + j
+                g = 2 * pg + st
+                slot = slot0 + st
+                vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
+                vz_t = vz_s.index(slot).load(lrow)
+                if MIXED:
+                    if 64 * g + 64 > nvq:  # (uniform) no codes past the quantized values: scales, zeros 0
+                        tm = gl.arange(0, 16, layout=gl.SliceLayout(1, lrow))
+                        tc = gl.arange(0, 4 * GS, layout=gl.SliceLayout(0, lrow))
+                        tv = (64 * g + 4 * _perm4(tm))[:, None] + (tc // GS)[None, :] < nvq
+                        vs_t = gl.where(tv, vs_t, 0.0)
+                        vz_t = gl.where(tv, vz_t, 0.0)
+                for j in gl.static_range(4):
+                    sj = _pick(st, j, a0, a1, a2, a3, b0, b1, b2, b3)
+                    pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
+                    pw, pz = _weigh(pj, vs_t, vz_t, j, GS, DUP, c_hi, rows_l)
+                    l_acc += pj
+                    z_acc += pz
+                    pb = gl.convert_layout(pw, lb4)  # B operand: (tokens, heads)
+                    va = (
+                        v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)
+                    )  # (D/4 channel bytes, 16 tokens)
+                    v0, v1, v2, v3 = _graw4(va)  # k (tokens m) in _perm4 order, as the rows of P^T
+                    acc0 = mma_v2(v0, pb, acc0)
+                    acc1 = mma_v2(v1, pb, acc1)
+                    acc2 = mma_v2(v2, pb, acc2)
+                    acc3 = mma_v2(v3, pb, acc3)
+                    if VBOOST:
+                        vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
+                        if DUP:  # the low bits are in acc0-3's columns 4-7
+                            pb1 = pb
+                        else:
+                            vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)
+                            vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
+                            vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
+                            z1_acc += pj * vz1[:, None]
+                            pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
+                            ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
+                        ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
+                    if MIXED:
+                        if 64 * g + 64 > nvq:  # (uniform) tokens past the quantized values: 16-bit rows
+                            pt = gl.convert_layout(pj.to(w_dt), lb2)
+                            wrow = 64 * g + 4 * wr + j - nvq  # window row of the step's token 4 perm(r) + j
+                            wp = vw_base + (wrow * s_vwt)[None, :] + 4 * wi[:, None]
+                            wok = (wrow >= 0)[None, :]
+                            acc0 += mma_v2(gl.load(wp, mask=wok, other=0.0), pt, zero32) * (1.0 / U)
+                            acc1 += mma_v2(gl.load(wp + 1, mask=wok, other=0.0), pt, zero32) * (4.0 / U)
+                            acc2 += mma_v2(gl.load(wp + 2, mask=wok, other=0.0), pt, zero32) * (16.0 / U)
+                            acc3 += mma_v2(gl.load(wp + 3, mask=wok, other=0.0), pt, zero32) * (64.0 / U)
+        else:  # p3: probabilities of both steps, their sums, and the weighted P^T into 8 shared tiles,
+            # then one barrier, then all value MMAs
+            for st in gl.static_range(2):
+                slot = slot0 + st
+                vs_t = vs_s.index(slot).load(lrow)  # (16, 4 GS)
+                vz_t = vz_s.index(slot).load(lrow)
+                for j in gl.static_range(4):
+                    sj = _pick(st, j, a0, a1, a2, a3, b0, b1, b2, b3)
+                    pj = gl.exp2(sj - m_i[None, :])  # (16 tokens, 8 heads)
+                    pw, pz = _weigh(pj, vs_t, vz_t, j, GS, DUP, c_hi, rows_l)
+                    l_acc += pj
+                    z_acc += pz
+                    p_s.index(4 * st + j).store(pw)
+                    if VGATHER:
                         vs1 = _col(vs_t, j * GS + 1, GS, rows_l)
                         vz1 = _col(vz_t, j * GS + 1, GS, rows_l)
                         z1_acc += pj * vz1[:, None]
-                        pb1 = gl.convert_layout((pj * vs1[:, None]).to(gl.float16), lb4)
-                        ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
-                    ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
-                if MIXED:
-                    if 64 * g + 64 > nvq:  # (uniform) tokens past the quantized values: 16-bit rows
-                        pt = gl.convert_layout(pj.to(w_dt), lb2)
-                        wrow = 64 * g + 4 * wr + j - nvq  # window row of the step's token 4 perm(r) + j
-                        wp = vw_base + (wrow * s_vwt)[None, :] + 4 * wi[:, None]
-                        wok = (wrow >= 0)[None, :]
-                        acc0 += mma_v2(gl.load(wp, mask=wok, other=0.0), pt, zero32) * (1.0 / U)
-                        acc1 += mma_v2(gl.load(wp + 1, mask=wok, other=0.0), pt, zero32) * (4.0 / U)
-                        acc2 += mma_v2(gl.load(wp + 2, mask=wok, other=0.0), pt, zero32) * (16.0 / U)
-                        acc3 += mma_v2(gl.load(wp + 3, mask=wok, other=0.0), pt, zero32) * (64.0 / U)
+                        p1_s.index(4 * st + j).store((pj * vs1[:, None]).to(gl.float16))
+            _warp_sync()  # every lane's P^T tiles stored
+            for st in gl.static_range(2):
+                slot = slot0 + st
+                for j in gl.static_range(4):
+                    pb = p_s.index(4 * st + j).load(lb4)  # B operand: (tokens, heads)
+                    va = (
+                        v_s.index(slot).slice(j * (D // 4), D // 4).load(la4)
+                    )  # (D/4 channel bytes, 16 tokens)
+                    v0, v1, v2, v3 = _graw4(va)  # k (tokens m) in _perm4 order, as the rows of P^T
+                    acc0 = mma_v2(v0, pb, acc0)
+                    acc1 = mma_v2(v1, pb, acc1)
+                    acc2 = mma_v2(v2, pb, acc2)
+                    acc3 = mma_v2(v3, pb, acc3)
+                    if VBOOST:
+                        vhb = vh_s.index(slot).slice(16 * j, 16).load(la4)  # (16 slots, 16 tokens)
+                        if DUP:  # the low bits are in acc0-3's columns 4-7
+                            pb1 = pb
+                        else:
+                            vlb = vl_s.index(slot).slice(16 * j, 16).load(la4)
+                            pb1 = p1_s.index(4 * st + j).load(lb4)
+                            ob_lo = mma_v2(_graw_m(vlb, lo_msk), pb1, ob_lo)
+                        ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)

@@ -157,41 +157,30 @@ def main() -> None:
     from fcboost.kernels import attention_page_gluon as apg
     from fcboost.kernels import attention_rest_gluon as arg
 
-    exp = {}  # the page-at-once experiments (benchmarks/gpu_s10_probe.sh)
-    for name in ("p2", "p3"):
-        spec = importlib.util.spec_from_file_location(
-            name, f"benchmarks/variants/attention_page_gluon_{name}.py"
-        )
-        exp[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(exp[name])
-    p2, p3 = exp["p2"], exp["p3"]
+    spec = importlib.util.spec_from_file_location("p2", "benchmarks/variants/attention_page_gluon_p2.py")
+    p2 = importlib.util.module_from_spec(spec)  # the page-at-once experiments (benchmarks/gpu_s10_probe.sh)
+    spec.loader.exec_module(p2)
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32",
               VW="*bf16")  # fmt: skip
-    for kb, vb, dup, mixed, name, fn, stages in (
-        (False, False, False, False, "kivi", apg._page_kernel_gluon, 2),
-        (True, False, False, False, "kitty / static keys", apg._page_kernel_gluon, 2),
-        (
-            True,
-            True,
-            True,
-            False,
-            "static",
-            apg._page_kernel_gluon,
-            2,
-        ),  # GQA 4: heads repeated in columns 4-7
-        (True, True, False, False, "static, GQA > 4", apg._page_kernel_gluon, 2),
-        (False, False, False, True, "kivi, mixed pages", apg._page_kernel_gluon, 2),
-        (True, True, True, True, "static, mixed pages", apg._page_kernel_gluon, 2),
-        (False, False, False, False, "kivi, page-at-once experiment", p2._page_kernel_gluon, 4),
-        (True, True, True, False, "static, page-at-once experiment", p2._page_kernel_gluon, 4),
-        (True, True, False, True, "static GQA > 4, mixed, page-at-once experiment", p2._page_kernel_gluon, 4),
-        (False, False, False, False, "kivi, p3 experiment", p3._page_kernel_gluon, 4),
-        (True, True, True, False, "static, p3 experiment", p3._page_kernel_gluon, 4),
-        (True, True, False, False, "static GQA > 4, p3 experiment", p3._page_kernel_gluon, 4),
-        (True, True, True, True, "static, mixed, p3 experiment", p3._page_kernel_gluon, 4),
+    pkg, exp = apg._page_kernel_gluon, p2._page_kernel_gluon
+    p2c, p3c = dict(STAGES=4, PSTORE=False), dict(STAGES=4, PSTORE=True)
+    for kb, vb, dup, mixed, name, fn, extra in (
+        (False, False, False, False, "kivi", pkg, {}),
+        (True, False, False, False, "kitty / static keys", pkg, {}),
+        (True, True, True, False, "static", pkg, {}),  # GQA 4: heads repeated in columns 4-7
+        (True, True, False, False, "static, GQA > 4", pkg, {}),
+        (False, False, False, True, "kivi, mixed pages", pkg, {}),
+        (True, True, True, True, "static, mixed pages", pkg, {}),
+        (False, False, False, False, "kivi, p2 experiment", exp, p2c),
+        (True, True, True, False, "static, p2 experiment", exp, p2c),
+        (True, True, False, True, "static GQA > 4, mixed, p2 experiment", exp, p2c),
+        (False, False, False, False, "kivi, p3 experiment", exp, p3c),
+        (True, True, True, False, "static, p3 experiment", exp, p3c),
+        (True, True, False, False, "static GQA > 4, p3 experiment", exp, p3c),
+        (True, True, True, True, "static, mixed, p3 experiment", exp, p3c),
     ):
-        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=stages, DUP=dup, MIXED=mixed)
+        consts = {**dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed), **extra}
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
