@@ -10,7 +10,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fcboost.kernels.attention_rest import _arrive
 from fcboost.kernels.vlayout import vil_offset
 
 
@@ -147,11 +146,9 @@ def _page_kernel(
     NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT,
-    CNT, OUT,  # (B*H,) int32 arrival counts, (B, Hq, D) the output (FUSE)
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, P: tl.constexpr, R: tl.constexpr,
     NB: tl.constexpr, NBP: tl.constexpr, NBQ: tl.constexpr,
     KBOOST: tl.constexpr, VBOOST: tl.constexpr, ASM: tl.constexpr,
-    FUSE: tl.constexpr = False, NSP: tl.constexpr = 2,
 ):  # fmt: skip
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -319,5 +316,3 @@ def _page_kernel(
         tl.store(o_pp + ch[None, :], out, mask=om)
     tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
-    if FUSE:  # the last of the (row, head)'s programs merges the partials
-        _arrive(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ, NSP, D)

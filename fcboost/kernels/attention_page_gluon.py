@@ -180,43 +180,6 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
 
 
 @gluon.jit
-def _arrive_gluon(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ: gl.constexpr, NSP: gl.constexpr, D: gl.constexpr):
-    """The fused combine in a one-warp program (the Gluon twin of
-    :func:`fcboost.kernels.attention_rest._arrive`): after the partial's stores, lane 0 counts the
-    program in (release; the warp barrier puts the other lanes' stores before it); the program that
-    brings the count to ``NSLOT`` merges the (row, head)'s partials into ``OUT``, each lane first
-    acquiring the count itself (the other programs' partials become visible to it), then resets it."""
-    one: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    lane = gl.arange(0, 32, layout=one)
-    cnt = CNT + bh + lane * 0
-    _warp_sync()
-    old = gl.atomic_add(cnt, lane * 0 + 1, mask=lane == 0, sem="acq_rel", scope="gpu")
-    if gl.max(gl.where(lane == 0, old, -1), axis=0) == NSLOT - 1:
-        gl.atomic_add(cnt, lane * 0, sem="acquire", scope="gpu")
-        one_d: gl.constexpr = gl.BlockedLayout([D // 32], [32], [1], [0])
-        d = gl.arange(0, D, layout=one_d)
-        s = gl.arange(0, NSP, layout=one)
-        for g in gl.static_range(GQ):  # the same arithmetic, in the same order, as _combine_head
-            row = bh * NSLOT * GQ + g
-            m_s = gl.load(O_M + row + s * GQ, mask=s < NSLOT, other=float("-inf"), cache_modifier=".cg")
-            m = gl.max(m_s, axis=0)
-            acc = gl.zeros([D], gl.float32, layout=one_d)
-            l_t = 0.0
-            for k in gl.static_range(NSP):
-                mk = gl.load(O_M + row + k * GQ, mask=k < NSLOT, other=float("-inf"), cache_modifier=".cg")
-                lk = gl.load(O_L + row + k * GQ, mask=k < NSLOT, other=0.0, cache_modifier=".cg")
-                ak = gl.load(
-                    O_ACC + (row + k * GQ) * D + d, mask=(d * 0 + k) < NSLOT, other=0.0, cache_modifier=".cg"
-                )
-                wk = gl.where(mk == float("-inf"), 0.0, gl.exp2(mk - m))
-                acc = gl.fma(ak, wk, acc)
-                l_t = gl.fma(lk, wk, l_t)
-            gl.store(OUT + (bh * GQ + g) * D + d, (acc / l_t).to(OUT.dtype.element_ty))
-        _warp_sync()
-        gl.atomic_xchg(cnt, lane * 0, mask=lane == 0, sem="relaxed", scope="gpu")
-
-
-@gluon.jit
 def _page_kernel_gluon(
     Q, s_qb, s_qh,  # (B, Hq, D)
     KLO, s_klb, s_klh, s_klp, s_klr,  # (B, H, NP, P/4, D) uint8
@@ -230,10 +193,8 @@ def _page_kernel_gluon(
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NSLOT, SLOT0,  # partials of program (bh, j): slot SLOT0 + j
     VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) the 16-bit value window (MIXED)
-    CNT, OUT,  # (B*H,) int32 arrival counts, (B, Hq, D) the output (FUSE)
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
     STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, MIXED: gl.constexpr = False,
-    FUSE: gl.constexpr = False, NSP: gl.constexpr = 2,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -529,5 +490,3 @@ def _page_kernel_gluon(
         gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk)
     gl.store(O_M + o_base + og, m_i, mask=og < GQ)
     gl.store(O_L + o_base + og, l_i, mask=og < GQ)
-    if FUSE:  # the last of the (row, head)'s programs merges the partials
-        _arrive_gluon(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ, NSP, D)

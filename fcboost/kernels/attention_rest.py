@@ -27,11 +27,10 @@ def _rest_kernel(
     NREAL, NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NREST, NSLOT,
-    CNT, OUT,  # (B*H,) int32 arrival counts, (B, Hq, D) the output (FUSE)
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
     BN: tl.constexpr, BT: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
     KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
-    KDYN: tl.constexpr, FUSE: tl.constexpr = False, NSP: tl.constexpr = 2,
+    KDYN: tl.constexpr,
 ):  # fmt: skip
     """Program ``(bh, j)`` takes the rest's tiles ``j, j + NREST, ...``: the sink's tiles, then
     tiles from ``a0`` (the end of the page tiles) to the new token, each inside one key page."""
@@ -208,8 +207,6 @@ def _rest_kernel(
     tl.store(O_ACC + (o_base + m_ar)[:, None] * D + d[None, :], acc, mask=m_ar[:, None] < GQ)
     tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
-    if FUSE:
-        _arrive(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ, NSP, D)
 
 
 @triton.jit
@@ -241,12 +238,11 @@ def _rest_split_kernel(
     NREAL, NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, NSPLIT, NREST, NSLOT,
-    CNT, OUT,  # (B*H,) int32 arrival counts, (B, Hq, D) the output (FUSE)
     GQ: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, S: tl.constexpr, P: tl.constexpr,
     BN: tl.constexpr, BTF: tl.constexpr, BTQ: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
     NBV: tl.constexpr, KBOOST: tl.constexpr, VBOOST: tl.constexpr, PAGED: tl.constexpr, HAS_NEW: tl.constexpr,
     KDYN: tl.constexpr, STAGES: tl.constexpr, ALIGNED: tl.constexpr, PART: tl.constexpr = 0,
-    MIXED: tl.constexpr = False, FUSE: tl.constexpr = False, NSP: tl.constexpr = 2,
+    MIXED: tl.constexpr = False,
 ):  # fmt: skip
     """The rest in two lean loops (same arguments and partials as :func:`_rest_kernel`).
 
@@ -426,61 +422,21 @@ def _rest_split_kernel(
     tl.store(O_ACC + (o_base + m_ar)[:, None] * D + d[None, :], acc, mask=m_ar[:, None] < GQ)
     tl.store(O_M + o_base + m_ar, m_i, mask=m_ar < GQ)
     tl.store(O_L + o_base + m_ar, l_i, mask=m_ar < GQ)
-    if FUSE:
-        _arrive(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ, NSP, D)
-
-
-@triton.jit
-def _combine_head(O_ACC, O_M, O_L, OUT, bh, g, NSLOT, GQ: tl.constexpr, NSP: tl.constexpr, D: tl.constexpr):
-    """out[bh, g] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the NSLOT partials. Up to 16
-    slots the sums run slot by slot in order (fma), as the Gluon twin in
-    :func:`fcboost.kernels.attention_page_gluon._arrive_gluon` does, so the fused combine gives the
-    same bits whichever program merges and whichever kernel it belongs to; more slots (batch 1) sum
-    as one tile. ``.cg``: the fused combine reads what other programs wrote during the launch."""
-    s = tl.arange(0, NSP)
-    d = tl.arange(0, D)
-    row = bh * NSLOT * GQ + g
-    ok = s < NSLOT
-    m_s = tl.load(O_M + row + s * GQ, mask=ok, other=float("-inf"), cache_modifier=".cg")
-    m = tl.max(m_s, 0)  # (exact in any order)
-    if NSP <= 16:
-        acc = tl.zeros([D], dtype=tl.float32)
-        l_t = 0.0
-        for k in tl.static_range(NSP):
-            mk = tl.load(O_M + row + k * GQ, mask=k < NSLOT, other=float("-inf"), cache_modifier=".cg")
-            lk = tl.load(O_L + row + k * GQ, mask=k < NSLOT, other=0.0, cache_modifier=".cg")
-            ak = tl.load(
-                O_ACC + (row + k * GQ) * D + d, mask=(d * 0 + k) < NSLOT, other=0.0, cache_modifier=".cg"
-            )
-            wk = tl.where(mk == float("-inf"), 0.0, tl.math.exp2(mk - m))
-            acc = tl.fma(ak, wk, acc)
-            l_t = tl.fma(lk, wk, l_t)
-        out = acc / l_t
-    else:
-        w = tl.where(m_s == float("-inf"), 0.0, tl.math.exp2(m_s - m))  # (NSP,)
-        l_s = tl.load(O_L + row + s * GQ, mask=ok, other=0.0, cache_modifier=".cg")
-        a_p = O_ACC + (row + s * GQ)[:, None] * D + d[None, :]
-        a = tl.load(a_p, mask=ok[:, None], other=0.0, cache_modifier=".cg")
-        out = tl.sum(a * w[:, None], 0) / tl.sum(l_s * w, 0)
-    tl.store(OUT + (bh * GQ + g) * D + d, out.to(OUT.dtype.element_ty))
-
-
-@triton.jit
-def _arrive(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ: tl.constexpr, NSP: tl.constexpr, D: tl.constexpr):
-    """The fused combine (``decode_attention(_launch={"combine": "fused"})``): called by every
-    program after its partial's stores; the one that brings the (row, head)'s arrival count to
-    ``NSLOT`` merges all partials into ``OUT`` and resets the count for the next call. The barrier
-    puts every warp's stores before the release of the atomic; its acquire makes the other programs'
-    partials visible to the last one."""
-    tl.debug_barrier()
-    old = tl.atomic_add(CNT + bh, 1, sem="acq_rel", scope="gpu")
-    if old == NSLOT - 1:
-        for g in tl.static_range(GQ):
-            _combine_head(O_ACC, O_M, O_L, OUT, bh, g, NSLOT, GQ, NSP, D)
-        tl.atomic_xchg(CNT + bh, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
 def _combine_kernel(O_ACC, O_M, O_L, OUT, NSLOT, GQ: tl.constexpr, NSP: tl.constexpr, D: tl.constexpr):
-    """The combine as a launch of its own: program (bh, g) merges head g's partials."""
-    _combine_head(O_ACC, O_M, O_L, OUT, tl.program_id(0), tl.program_id(1), NSLOT, GQ, NSP, D)
+    """out[bh, g] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s; program (bh, g), all slots at once."""
+    bh = tl.program_id(0)
+    g = tl.program_id(1)
+    s = tl.arange(0, NSP)
+    d = tl.arange(0, D)
+    base = (bh * NSLOT + s) * GQ + g  # (NSP,)
+    ok = s < NSLOT
+    m_s = tl.load(O_M + base, mask=ok, other=float("-inf"))
+    l_s = tl.load(O_L + base, mask=ok, other=0.0)
+    m = tl.max(m_s, 0)
+    w = tl.where(m_s == float("-inf"), 0.0, tl.math.exp2(m_s - m))  # (NSP,)
+    a = tl.load(O_ACC + base[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)  # (NSP, D)
+    out = tl.sum(a * w[:, None], 0) / tl.sum(l_s * w, 0)
+    tl.store(OUT + (bh * GQ + g) * D + d, out.to(OUT.dtype.element_ty))

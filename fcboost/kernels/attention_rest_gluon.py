@@ -24,7 +24,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as _ac
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from fcboost.kernels.attention_page_gluon import _arrive_gluon, _cp_async, _warp_sync
+from fcboost.kernels.attention_page_gluon import _cp_async, _warp_sync
 
 
 @gluon.jit
@@ -37,9 +37,8 @@ def _rest16_kernel_gluon(
     NREAL, NPAGES, NVQ,  # (B,) int32
     O_ACC, O_M, O_L,  # (B*H, NSLOT, GQ, D) fp32, (B*H, NSLOT, GQ) fp32 x2
     qk_scale, H, FIRST, NPROG, NSLOT,
-    CNT, OUT,  # (B*H,) int32 arrival counts, (B, Hq, D) the output (FUSE)
     GQ: gl.constexpr, D: gl.constexpr, S: gl.constexpr, P: gl.constexpr, BT: gl.constexpr,
-    HAS_NEW: gl.constexpr, FUSE: gl.constexpr = False, NSP: gl.constexpr = 2,
+    HAS_NEW: gl.constexpr,
 ):  # fmt: skip
     """Program ``(bh, j)``: 16-bit tiles ``j, j + NPROG, ...`` of row ``bh // H``, head ``bh % H``.
     Token ``u`` of the list is sink token ``u`` (``u < ns``), else token ``qe + u - ns`` (key buffer
@@ -141,5 +140,3 @@ def _rest16_kernel_gluon(
     gl.store(O_ACC + (o_base + og)[None, :] * D + oc[:, None], acc, mask=(og < GQ)[None, :])
     gl.store(O_M + o_base + og, m_i, mask=og < GQ)
     gl.store(O_L + o_base + og, l_i, mask=og < GQ)
-    if FUSE:
-        _arrive_gluon(CNT, O_ACC, O_M, O_L, OUT, bh, NSLOT, GQ, NSP, D)

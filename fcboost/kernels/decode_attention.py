@@ -38,9 +38,8 @@ One new query token per row attends ``[16-bit sink | 2-bit key pages | 16-bit ke
   whose values are still partly in the 16-bit window, as a launch of their own, one program per
   (row, head) on a third side stream, after the page kernel and beside the rest; the rest's quantized
   tail then starts at the end of the key pages (usually empty).
-- the combine: the ``NSPLIT + NREST`` partials ``(acc, m, l)`` merged with log-sum-exp, up to 16 per
-  (row, head) by the last of its programs to finish (an atomic arrival count; no launch waits on the
-  joins), else by ``_combine_kernel``, grid ``(B*H, G)``, after them.
+- ``_combine_kernel``, grid ``(B*H, G)``: merges the ``NSPLIT + NREST`` partials ``(acc, m, l)`` with
+  log-sum-exp.
 
 In the Triton kernels the G query heads of a KV head are the M dimension (padded to 16) of every dot
 (the Gluon kernel makes them the N = 8 columns); logits never leave
@@ -225,23 +224,6 @@ def rest_options(opts: dict | None, page_size: int) -> dict:
     return o
 
 
-_COUNTS: dict = {}
-
-
-def _arrival_counts(device: torch.device, n: int) -> torch.Tensor:
-    """The fused combine's per-(row, head) arrival counts: int32 zeros, one buffer per device and
-    stream, grown as needed. The last program of each (row, head) resets its count, so a buffer is
-    zero between calls and graph replays without a memset; grown buffers are kept (a captured graph
-    may still point at an older one)."""
-    dev = torch.device(device)
-    stream = torch.cuda.current_stream(dev).stream_id if dev.type == "cuda" else 0
-    key = (dev.type, dev.index, stream)
-    bufs = _COUNTS.setdefault(key, [])
-    if not bufs or bufs[-1].numel() < n:
-        bufs.append(torch.zeros(max(n, 2 * bufs[-1].numel() if bufs else 256), dtype=torch.int32, device=dev))
-    return bufs[-1]
-
-
 def decode_attention(
     q: torch.Tensor,
     st: PackedKVState,
@@ -299,12 +281,7 @@ def decode_attention(
     priority); ``combine_warps``: the combine programs' warps (default: 1 for at most 16 partials per
     program, else 4; one program per row and KV head over all its query heads was slower at every
     shape, up to 2.5x at batch 1: ``combine_s9_h200.json``); ``mixed``: the mixed pages' launch
-    ``"after"`` the page kernel (default) or ``"beside"`` it; ``combine``: ``"fused"`` (at most 16 partials per (row, head): every
-    page and rest program counts itself in with an atomic after writing its partial, and the last
-    one merges the partials, so no combine launch waits for the joins; its counts live in
-    :func:`_arrival_counts`; one call at a time per stream), ``"kernel"`` (a launch of its own after
-    the joins) or None (default: fused up to 16 partials, else the launch). Both merge up to 16
-    partials with the same arithmetic in the same order: the same bits either way.
+    ``"after"`` the page kernel (default) or ``"beside"`` it.
     """
     if page_impl not in ("auto", "triton", "gluon"):
         raise ValueError(f"page_impl={page_impl!r}: expected 'auto', 'triton' or 'gluon'")
@@ -443,30 +420,18 @@ def decode_attention(
         st.v_scale, st.v_zero, *st.v_scale.stride()[:3],
     )  # fmt: skip
     side = _side_stream(q.device) if (overlap and ns and q.device.type == "cuda") else None
-    lo = {"order": "page", "priority": 0, "combine_warps": None, "mixed": "after", "combine": None,
-          **(_launch or {})}  # fmt: skip
+    lo = {"order": "page", "priority": 0, "combine_warps": None, "mixed": "after", **(_launch or {})}
     if (
-        set(lo) - {"order", "priority", "combine_warps", "mixed", "combine"}
+        set(lo) - {"order", "priority", "combine_warps", "mixed"}
         or lo["order"] not in ("page", "rest")
         or lo["priority"] > 0
         or lo["combine_warps"] not in (None, 1, 2, 4, 8)
         or lo["mixed"] not in ("after", "beside")
-        or lo["combine"] not in (None, "kernel", "fused")
     ):
         raise ValueError(
             f"_launch={_launch}: expected order 'page'/'rest', priority <= 0, combine_warps 1/2/4/8, "
-            "mixed 'after'/'beside', combine 'kernel'/'fused'"
+            "mixed 'after'/'beside'"
         )
-    nsp = max(2, triton.next_power_of_2(nslot))
-    fuse = lo["combine"] == "fused" or (lo["combine"] is None and nsp <= 16)
-    if fuse and nsp > 16:  # (more: the one-warp Gluon programs' merge spills, sm_90 compile)
-        raise ValueError(
-            f"_launch combine='fused' merges at most 16 partials per (row, head); this call has {nslot} "
-            "(fewer splits: n_splits, or combine='kernel')"
-        )
-    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
-    cnt = _arrival_counts(q.device, B * H) if fuse else o_l
-    fz = dict(FUSE=fuse, NSP=nsp)
 
     def launch_rest(part: int = 0):
         """The rest kernel; ``part`` 1 / 2: the 16-bit tiles / the quantized tail alone."""
@@ -482,19 +447,18 @@ def decode_attention(
             st.n_real, st.n_pages, st.n_vq,
             o_acc, o_m, o_l,
             scaling * LOG2E, H, first, n_prog, nslot,
-            cnt, out,
         )  # fmt: skip
         if part == 1 and g16:
             from fcboost.kernels.attention_rest_gluon import _rest16_kernel_gluon
 
             _rest16_kernel_gluon[(B * H, n_prog)](
-                *rows16, *out_args, GQ=GQ, D=D, S=S, P=P, BT=ro["bt"], HAS_NEW=has_new, num_warps=1, **fz
+                *rows16, *out_args, GQ=GQ, D=D, S=S, P=P, BT=ro["bt"], HAS_NEW=has_new, num_warps=1
             )
             return
         common = (*rows16, *packed, *out_args)
         meta = dict(GQ=GQ, BM=BM, D=D, S=S, P=P, BN=BN, NB=nb, NBP=NBP, KBOOST=kboost, VBOOST=vboost,
                     PAGED=paged, HAS_NEW=has_new, KDYN=st.k_idx is not None, num_warps=rest_warps or 4,
-                    **({"maxnreg": ro["maxnreg"]} if ro["maxnreg"] else {}), **fz)  # fmt: skip
+                    **({"maxnreg": ro["maxnreg"]} if ro["maxnreg"] else {}))  # fmt: skip
         if split:
             _rest_split_kernel[(B * H, n_prog)](
                 *common, BTF=ro["bt"], BTQ=ro["btq"], NBV=max(32, NBP), STAGES=ro["stages"], PART=part,
@@ -528,9 +492,8 @@ def decode_attention(
                 o_acc, o_m, o_l,
                 scaling * LOG2E, H, n_prog, nslot, slot0,
                 st.v_win, *st.v_win.stride()[:3],
-                cnt, out,
                 GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), DUP=dup,
-                MIXED=mixed_part, num_warps=1, **fz,
+                MIXED=mixed_part, num_warps=1,
                 **({"maxnreg": reg} if reg else {}),
             )  # fmt: skip
         elif ns:
@@ -540,9 +503,8 @@ def decode_attention(
                 st.n_pages, st.n_vq,
                 o_acc, o_m, o_l,
                 scaling * LOG2E, H, ns, nslot,
-                cnt, out,
                 GQ=GQ, BM=BM, D=D, P=P, R=R, NB=nb, NBP=NBP, NBQ=max(8, triton.next_power_of_2(-(-nb // 4))),
-                KBOOST=kboost, VBOOST=vboost, ASM=asm, **fz,
+                KBOOST=kboost, VBOOST=vboost, ASM=asm,
                 num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
             )  # fmt: skip
 
@@ -591,8 +553,8 @@ def decode_attention(
             torch.cuda.current_stream(q.device).wait_stream(side2)
         if mixed:
             torch.cuda.current_stream(q.device).wait_stream(side3)
-    if fuse:
-        return out
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+    nsp = max(2, triton.next_power_of_2(nslot))
     if lo["combine_warps"] is None:
         # one warp while a program's partials are at most 16 x D (H200, probe_s9a_h200.json, one warp
         # against four: 64 x 4K 106.6 -> 102.5 us static + values, 84.8 -> 79.8 kivi; 32 x 8K 2-3%

@@ -6,7 +6,6 @@ that need tensors). Prints one line per kernel variant.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -24,20 +23,12 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 def build(fn, ptr_types: dict, consts: dict, **opts):
-    consts = {**constexpr_defaults(fn), **consts}
     names = fn.arg_names
     sig = {}
     for n in names:
         sig[n] = "constexpr" if n in consts else ptr_types.get(n, "fp32" if n == "qk_scale" else "i32")
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     return triton.compile(src, target=TARGET, options=opts)
-
-
-def constexpr_defaults(fn) -> dict:
-    """A kernel's constexpr parameters that have defaults (the launcher may leave them out)."""
-    return {
-        p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty
-    }
 
 
 def usage(k) -> str:
@@ -77,8 +68,6 @@ def main() -> None:
             O_ACC="*fp32",
             O_M="*fp32",
             O_L="*fp32",
-            CNT="*i32",
-            OUT=dt,
         )
         for kb, vb, kdyn, R, D, new in [
             (False, False, False, 32, 128, True),
@@ -87,9 +76,7 @@ def main() -> None:
         ]:
             nb = 16 if kb else 0
             page = dict(GQ=4, BM=16, D=D, P=128, R=R, NB=nb, NBP=16, NBQ=8, KBOOST=kb, VBOOST=vb, ASM=True)
-            for fuse in (False, True):
-                build(ap._page_kernel, ptrs, {**page, "FUSE": fuse, "NSP": 16}, num_warps=4, num_stages=3,
-                      **({} if vb else {"maxnreg": 128}))  # fmt: skip
+            build(ap._page_kernel, ptrs, page, num_warps=4, num_stages=3, **({} if vb else {"maxnreg": 128}))
             rest = dict(GQ=4, BM=16, D=D, S=32, P=128, BN=4 * R, BT=32, NB=nb, NBP=16, KBOOST=kb, VBOOST=vb,
                         PAGED=True, HAS_NEW=new, KDYN=kdyn)  # fmt: skip
             build(ar._rest_kernel, ptrs, rest, num_warps=4, num_stages=1)
@@ -98,20 +85,11 @@ def main() -> None:
                 split.update(BTF=64, BTQ=32, NBV=32, STAGES=stages, ALIGNED=True, PART=0, MIXED=False)
                 k = build(ar._rest_split_kernel, ptrs, split, num_warps=4, num_stages=stages)
                 print("rest split", dt, kb, vb, kdyn, D, f"stages {stages}:", usage(k), flush=True)
-            for part, mixed, fuse in (
-                (1, False, False),
-                (2, False, False),
-                (0, True, False),
-                (2, True, False),
-                (0, False, True),
-                (1, False, True),
-            ):  # two launches; mixed pages; fused combine
+            for part, mixed in ((1, False), (2, False), (0, True), (2, True)):  # two launches; mixed pages
                 split = {k: v for k, v in rest.items() if k != "BT"}
-                split.update(BTF=64, BTQ=32, NBV=32, STAGES=1, ALIGNED=True, PART=part, MIXED=mixed, FUSE=fuse,
-                             NSP=16)  # fmt: skip
+                split.update(BTF=64, BTQ=32, NBV=32, STAGES=1, ALIGNED=True, PART=part, MIXED=mixed)
                 k = build(ar._rest_split_kernel, ptrs, split, num_warps=4, num_stages=1)
-                print("rest split", dt, kb, vb, kdyn, D, f"part {part} mixed {mixed} fused {fuse}:", usage(k),
-                      flush=True)  # fmt: skip
+                print("rest split", dt, kb, vb, kdyn, D, f"part {part} mixed {mixed}:", usage(k), flush=True)
             print("decode", dt, kb, vb, R, D, flush=True)
         build(
             ar._combine_kernel,
@@ -179,21 +157,17 @@ def main() -> None:
 
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32",
-              VW="*bf16", CNT="*i32", OUT="*bf16")  # fmt: skip
+              VW="*bf16")  # fmt: skip
     fn = apg._page_kernel_gluon
-    for kb, vb, dup, mixed, name, extra in (
-        (False, False, False, False, "kivi", {}),
-        (True, False, False, False, "kitty / static keys", {}),
-        (True, True, True, False, "static", {}),  # GQA 4: heads repeated in columns 4-7
-        (True, True, False, False, "static, GQA > 4", {}),
-        (False, False, False, True, "kivi, mixed pages", {}),
-        (True, True, True, True, "static, mixed pages", {}),
-        (False, False, False, False, "kivi, fused combine of 16", dict(FUSE=True, NSP=16)),
-        (True, True, True, False, "static, fused combine of 16", dict(FUSE=True, NSP=16)),
-        (True, True, True, True, "static, mixed pages, fused combine of 8", dict(FUSE=True, NSP=8)),
+    for kb, vb, dup, mixed, name in (
+        (False, False, False, False, "kivi"),
+        (True, False, False, False, "kitty / static keys"),
+        (True, True, True, False, "static"),  # GQA 4: heads repeated in columns 4-7
+        (True, True, False, False, "static, GQA > 4"),
+        (False, False, False, True, "kivi, mixed pages"),
+        (True, True, True, True, "static, mixed pages"),
     ):
-        consts = {**constexpr_defaults(fn), **dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed),
-                  **extra}  # fmt: skip
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
@@ -211,9 +185,9 @@ def main() -> None:
         print(f"gluon page ({name})", usage(k), f"{k.metadata.shared} B shared", flush=True)
     fn = arg._rest16_kernel_gluon  # the rest's 16-bit tokens (_rest={"parts": 2, "impl16": "gluon"})
     rp = dict(Q="*bf16", SK="*bf16", SV="*bf16", KB="*bf16", VW="*bf16", KN="*bf16", VN="*bf16", NREAL="*i32",
-              NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32", CNT="*i32", OUT="*bf16")  # fmt: skip
-    for BT, D, fuse in ((64, 128, False), (32, 128, False), (16, 64, False), (64, 128, True)):
-        consts = dict(GQ=4, D=D, S=32, P=128, BT=BT, HAS_NEW=True, FUSE=fuse, NSP=16)
+              NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32")  # fmt: skip
+    for BT, D in ((64, 128), (32, 128), (16, 64)):
+        consts = dict(GQ=4, D=D, S=32, P=128, BT=BT, HAS_NEW=True)
         sig = {
             n: "constexpr" if n in consts else rp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
@@ -228,12 +202,7 @@ def main() -> None:
             target=TARGET,
             options=dict(num_warps=1),
         )
-        print(
-            f"gluon rest16 (BT {BT}, D {D}, fused combine {fuse})",
-            usage(k),
-            f"{k.metadata.shared} B shared",
-            flush=True,
-        )
+        print(f"gluon rest16 (BT {BT}, D {D})", usage(k), f"{k.metadata.shared} B shared", flush=True)
     # the key-page pack kernel the launcher picks (the pair kernel for bf16 keys), specialized on the
     # arguments of a batch-64 page as benchmarks/pack_probe.py builds them
     import importlib.util

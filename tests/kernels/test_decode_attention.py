@@ -123,48 +123,8 @@ def test_combine_warps_match_reference(G, n_splits, warps, device):
     masked), 21 in 32 (the default's 4 warps), GQA 3 with 2 partials."""
     _check(
         _cfg("static", **PAPER), [1, 161, 700, 1300], H=2, G=G, D=64, dtype=torch.float16, device=device,
-        n_splits=n_splits, _launch={"combine_warps": warps, "combine": "kernel"},
+        n_splits=n_splits, _launch={"combine_warps": warps},
     )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "method,kw",
-    [
-        ("static", dict(n_splits=2, tile_rows=16)),
-        ("kitty", dict(n_splits=3, tile_rows=32, _rest={"parts": 2})),
-        pytest.param("kivi", dict(n_splits=1, tile_rows=16, _rest={"impl": "tiles"}), marks=pytest.mark.slow),
-        ("static_keys", dict(n_splits=4, tile_rows=64)),  # (no page tiles: the rest takes every token)
-    ],
-)
-def test_fused_combine_matches_combine_launch(method, kw, device):
-    """``_launch={"combine": "fused"}`` (the default up to 16 partials): the last program of each
-    (row, head) merges the partials
-    (page and rest kernels, one or two rest launches, the session-5 rest kernel) -- the same output
-    as the combine launch (bitwise where both are Triton), twice in a row (the arrival counts are
-    reset for the next call), and the reference's within tolerance."""
-    from fcboost.kernels.decode_attention import _arrival_counts
-
-    st = random_state(_cfg(method, **PAPER), [1, 33, 161, 289, 700], 2, 64, torch.bfloat16, device, seed=7)
-    g = torch.Generator(device=device).manual_seed(8)
-    q = torch.randn(5, 8, 64, generator=g, device=device).to(torch.bfloat16)
-    kn, vn = (torch.randn(5, 2, 64, generator=g, device=device).to(torch.bfloat16) for _ in range(2))
-    ref = decode_attention_reference(q, st, 0.125, kn, vn)
-    base = decode_attention(q, st, 0.125, kn, vn, _launch={"combine": "kernel"}, **kw)
-    for _ in range(2):
-        out = decode_attention(q, st, 0.125, kn, vn, _launch={"combine": "fused"}, **kw)
-        assert not _arrival_counts(q.device, 10)[:10].any()
-        if device == "cpu" or kw.get("tile_rows") == 64:
-            assert torch.equal(out, base)
-        else:  # (the Gluon kernels merge in their own summation order)
-            assert (out.float() - base.float()).norm() / base.float().norm() < 2e-3
-    assert (out.float() - ref).norm() / ref.norm() < 6e-3
-
-
-def test_fused_combine_needs_few_partials():
-    st = random_state(KVQuantConfig.kivi(), [4000], 1, 64, torch.float16, "cpu")
-    q = torch.randn(1, 2, 64).half()
-    with pytest.raises(ValueError, match="at most 16 partials.*has 2[0-9]"):
-        decode_attention(q, st, 0.125, n_splits=20, tile_rows=16, _launch={"combine": "fused"})
 
 
 def test_launch_knobs_are_checked():
@@ -178,8 +138,6 @@ def test_launch_knobs_are_checked():
         decode_attention(q, st, 0.125, _launch={"combine_warps": 3})
     with pytest.raises(ValueError, match="mixed"):
         decode_attention(q, st, 0.125, _launch={"mixed": "first"})
-    with pytest.raises(ValueError, match="combine 'kernel'/'fused'"):
-        decode_attention(q, st, 0.125, _launch={"combine": "last"})
     with pytest.raises(ValueError, match="split='rows'"):
         decode_attention(q, st, 0.125, _gluon={"split": "rows"})
     with pytest.raises(ValueError, match="resident=0"):
@@ -224,43 +182,6 @@ def test_large_batch_defaults(method):
     lengths = [1 + (977 * i) % 8192 for i in range(32)]
     for dtype in (torch.bfloat16, torch.float16):
         _check(_cfg(method, **PAPER), lengths, H=8, G=4, D=128, dtype=dtype, device="cuda", seed=6)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("method", ["kivi", "kitty", "static"])
-def test_fused_combine_gpu(method):
-    """The fused combine at B x H = 256 (Gluon page kernel, its mixed pages' launch, one or two rest
-    launches, the Gluon 16-bit rest): the same bits as the combine launch (the Triton and Gluon merges
-    do the same arithmetic in the same order, so whichever program arrives last gives the same
-    output), eager and from a CUDA graph replayed three times, the arrival counts reset after each."""
-    from fcboost.kernels.decode_attention import _arrival_counts
-
-    lengths = [1 + (977 * i) % 8192 for i in range(32)]
-    st = random_state(_cfg(method, **PAPER), lengths, 8, 128, torch.bfloat16, "cuda", seed=9)
-    q = torch.randn(32, 32, 128, device="cuda", dtype=torch.bfloat16)
-    kn, vn = (torch.randn(32, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    ref = decode_attention_reference(q, st, 128**-0.5, kn, vn)
-    fused = {"combine": "fused"}
-    for rest in ({}, {"parts": 2, "impl16": "gluon"}):
-        base = decode_attention(q, st, 128**-0.5, kn, vn, _rest=rest, _launch={"combine": "kernel"})
-        assert (base.float() - ref).norm() / ref.norm() < 6e-3
-        for _ in range(3):
-            assert torch.equal(decode_attention(q, st, 128**-0.5, kn, vn, _rest=rest, _launch=fused), base)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            decode_attention(q, st, 128**-0.5, kn, vn, _rest=rest, _launch=fused)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = decode_attention(q, st, 128**-0.5, kn, vn, _rest=rest, _launch=fused)
-        for _ in range(3):
-            out.zero_()
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, base)
-        assert not _arrival_counts(q.device, 256)[:256].any()
 
 
 @pytest.mark.parametrize("programs", [1, 2])
