@@ -919,7 +919,8 @@ def pack_key_pages(
     written with the per-page top-``n_boost`` channels (Kitty); else the static (H, nb) int16 mask.
     Each program quantizes ``block_channels`` channels of one page (default 64: on the H200 at batch
     64, 4 warps, the fastest of 16/32/64 in every benchmark run of sessions 7-9, e.g. kivi 13.3 us
-    against 15.4 for 32 and static 15.6 against 16.9, ``bench_attention_s9b_h200.json``; Kitty: all
+    against 15.4 for 32 and static 15.6 against 16.9, ``bench_attention_s9b_h200.json``; as the
+    default in session 10: kivi 12.9, static 15.3, ``bench_pack_s10_h200.json``; Kitty: all
     D, its selection ranks every channel); ``num_warps`` is a launch setting only (default 4). The
     static mask's ``idx`` must be ascending (slot s holds channel ``idx[h, s]``, as
     :func:`fcboost.quant.mixed.boost_index` makes it).
