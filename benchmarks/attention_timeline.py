@@ -41,7 +41,7 @@ ROLES = {
     "_rest16": "rest16",
     "_rest": "rest",
     "_combine_kernel": "combine",
-}  # first match; "page" also counts the mixed pages' launch (_gluon={"mixed": True})
+}  # first match; a second page-kernel launch in a replay is the mixed pages' ("mixed", _gluon={"mixed": True})
 
 
 def _role(name: str) -> str | None:
@@ -79,10 +79,15 @@ def timeline(fn, reps: int = 20) -> dict:
         if k[2] == "combine":
             runs.append(cur)
             cur = []
+    for r in runs:  # the later of two page-kernel launches: the mixed pages'
+        pages = [i for i, k in enumerate(r) if k[2] == "page"]
+        if len(pages) == 2:
+            i = max(pages, key=lambda i: r[i][0])
+            r[i] = (r[i][0], r[i][1], "mixed")
     out: dict = {"replays": len(runs)}
     if not runs:
         return out
-    for role in ("page", "rest", "rest16", "combine"):
+    for role in ("page", "mixed", "rest", "rest16", "combine"):
         if not any(k[2] == role for r in runs for k in r):
             continue
         d = [sum(k[1] for k in r if k[2] == role) for r in runs]
@@ -102,7 +107,13 @@ def timeline(fn, reps: int = 20) -> dict:
         ]
         if v:
             out[f"{role}_end_after_page_us"] = statistics.median(v)
-    for a, b in (("page", "combine"), ("rest", "combine"), ("rest16", "combine")):
+    for a, b in (
+        ("page", "mixed"),
+        ("mixed", "combine"),
+        ("page", "combine"),
+        ("rest", "combine"),
+        ("rest16", "combine"),
+    ):
         v = [x for x in (gap(r, a, b) for r in runs) if x is not None]
         if v:
             out[f"gap_{a}_{b}_us"] = statistics.median(v)
