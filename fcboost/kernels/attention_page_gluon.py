@@ -195,7 +195,6 @@ def _page_kernel_gluon(
     VW, s_vwb, s_vwh, s_vwt,  # (B, H, >=W+1, D) the 16-bit value window (MIXED)
     GQ: gl.constexpr, D: gl.constexpr, KBOOST: gl.constexpr = False, VBOOST: gl.constexpr = False,
     STAGES: gl.constexpr = 2, DUP: gl.constexpr = False, MIXED: gl.constexpr = False,
-    ALLPAGES: gl.constexpr = False,
 ):  # fmt: skip
     """Transposed: the codes are the MMA's A operand (16 tokens or 16 channel bytes per row block)
     and the query heads its N = 8 columns. Per 64-token step (byte rows 16 st + m of a key page; key
@@ -224,8 +223,7 @@ def _page_kernel_gluon(
     scales and zeros in registers (its codes add nothing) and its 16-bit value row from the window
     through one extra K = 16 MMA per plane and value block (rows gathered from global memory, in the
     planes' channel order, ``P^T`` unweighted). The rest kernels then only take what follows the last
-    key page. Not with boosted values without ``DUP``. ``ALLPAGES`` (with ``MIXED``; experiment): every
-    key page in this launch, split as usual, the mixed ones last (no launch of their own)."""
+    key page. Not with boosted values without ``DUP``."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
@@ -244,10 +242,7 @@ def _page_kernel_gluon(
     npg = gl.load(NPAGES + b)
     nft = gl.minimum(npg * P, nvq) // P  # pages with quantized keys and values
     if MIXED:  # the pages after those: quantized keys, values partly in the 16-bit window
-        if ALLPAGES:  # (experiment: every key page in one launch, the mixed ones at the end)
-            p_lo = nft * 0
-        else:
-            p_lo = nft
+        p_lo = nft
         nft = npg
     else:
         p_lo = nft * 0

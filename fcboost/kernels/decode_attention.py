@@ -356,8 +356,6 @@ def decode_attention(
     if maxnreg is None:
         maxnreg = 0 if vboost else 128
     per_sm = max(1, 65536 // (32 * num_warps * (maxnreg or 255)))  # register-bound residency
-    if gluon and gk.get("mixed") == "whole" and n_tiles:
-        n_tiles += 2 * P // BN  # (the mixed pages, at most two, in the same split)
     if n_splits is not None:
         ns = n_splits
     elif gluon and gk.get("split", "waves") == "waves":
@@ -391,17 +389,8 @@ def decode_attention(
     if not two:
         rest_slots = {0: (ns, nr)}
     dup = vboost and GQ <= 4 and gk.get("dup", True)
-    whole = gk.get("mixed") == "whole"  # (experiment: the mixed pages inside the page kernel's launch)
-    mixed = (
-        gluon
-        and ns > 0
-        and split
-        and mixed_pages(B, H, vboost, dup, st.v_win.dtype, whole or gk.get("mixed"))
-    )
-    whole = whole and mixed
-    nslot = (
-        ns + nr + int(mixed and not whole)
-    )  # (mixed: one slot per (row, head) for the mixed pages' launch)
+    mixed = gluon and ns > 0 and split and mixed_pages(B, H, vboost, dup, st.v_win.dtype, gk.get("mixed"))
+    nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))
     o_acc = torch.empty(B * H, nslot, GQ, D, dtype=torch.float32, device=q.device)
@@ -488,7 +477,7 @@ def decode_attention(
 
             # H200: boosted values run best uncapped (1-2% faster than 168 at every shape since the
             # session-6 kernel, gluon_regs_s6_h200.json); the rest with the 168-register cap
-            reg = 0 if mixed_part or whole else gk.get("maxnreg", 0 if vboost else 168)
+            reg = 0 if mixed_part else gk.get("maxnreg", 0 if vboost else 168)
             n_prog, slot0 = (1, ns + nr) if mixed_part else (ns, 0)
             _page_kernel_gluon[(B * H, n_prog)](
                 q, q.stride(0), q.stride(1),
@@ -504,7 +493,7 @@ def decode_attention(
                 scaling * LOG2E, H, n_prog, nslot, slot0,
                 st.v_win, *st.v_win.stride()[:3],
                 GQ=GQ, D=D, KBOOST=kboost, VBOOST=vboost, STAGES=gk.get("stages", 2), DUP=dup,
-                MIXED=mixed_part or whole, ALLPAGES=whole, num_warps=1,
+                MIXED=mixed_part, num_warps=1,
                 **({"maxnreg": reg} if reg else {}),
             )  # fmt: skip
         elif ns:
@@ -524,7 +513,7 @@ def decode_attention(
         for part in (1, 2) if two else (0,):
             launch_rest(part)
         launch_page()
-        if mixed and not whole:
+        if mixed:
             launch_page(True)
     else:  # the rest runs beside the page kernel (a graph capture records the forks and joins); the
         # outputs are freed only after the joins below, so no record_stream is needed
@@ -535,7 +524,7 @@ def decode_attention(
         side2 = _side_stream(q.device, 0, 1) if two else None
         if side2 is not None:
             side2.wait_stream(cur)
-        side3 = _side_stream(q.device, 0, 2) if mixed and not whole else None
+        side3 = _side_stream(q.device, 0, 2) if mixed else None
         if side3 is not None and lo["mixed"] == "beside":
             side3.wait_stream(cur)  # (before the page kernel is launched on cur)
         for part in ("page", "rest") if lo["order"] == "page" else ("rest", "page"):
@@ -562,7 +551,7 @@ def decode_attention(
         torch.cuda.current_stream(q.device).wait_stream(side)
         if two:
             torch.cuda.current_stream(q.device).wait_stream(side2)
-        if side3 is not None:
+        if mixed:
             torch.cuda.current_stream(q.device).wait_stream(side3)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     nsp = max(2, triton.next_power_of_2(nslot))

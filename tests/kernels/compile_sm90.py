@@ -166,11 +166,8 @@ def main() -> None:
         (True, True, False, False, "static, GQA > 4"),
         (False, False, False, True, "kivi, mixed pages"),
         (True, True, True, True, "static, mixed pages"),
-        (True, True, True, "all", "static, every page in one launch (experiment)"),
     ):
-        consts = dict(
-            GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=bool(mixed), ALLPAGES=mixed == "all"
-        )
+        consts = dict(GQ=4, D=128, KBOOST=kb, VBOOST=vb, STAGES=2, DUP=dup, MIXED=mixed)
         sig = {
             n: "constexpr" if n in consts else gp.get(n, "fp32" if n == "qk_scale" else "i32")
             for n in fn.arg_names
