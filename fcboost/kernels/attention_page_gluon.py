@@ -123,17 +123,19 @@ def _col(t, c: gl.constexpr, GS: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR,
-                ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip,
-                D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
-                STAGES: gl.constexpr, VGATHER: gl.constexpr):  # fmt: skip
+def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s, vw_s, k_base, s_klp, s_klr, KSC,
+                KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp, s_khr, vh_base, sidx, s_kip, vw_base,
+                s_vwt, nvq, D: gl.constexpr, G: gl.constexpr, KBOOST: gl.constexpr, VBOOST: gl.constexpr,
+                STAGES: gl.constexpr, VGATHER: gl.constexpr, MIXED: gl.constexpr):  # fmt: skip
     """cp.async of 64-token step ``gs`` (page gs // 2, key byte rows 16 (gs % 2) ...) into stage
     ``gs % STAGES``, one commit group: key bytes (16, D), value bytes (4 j x D/4 channel bytes, 16 m:
     the step's interleaved block), the page's key scales/zeros (D,), the step's value scales/zeros as
     (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
     the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high
     value planes (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the
-    slot map ``sidx``. ``ok`` false: zero-filled (nothing read)."""
+    slot map ``sidx``. ``ok`` false: zero-filled (nothing read). ``MIXED``, for a step with tokens past the quantized values: the 16-bit window rows of its 64
+    tokens (64 = 16 j + m <- token 4 perm(m) + j, as the value blocks' k order; zeros before the
+    window)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -176,6 +178,14 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
             _cp_async(vl_s.index(slot), v_base + gs * (D * 16) + row[:, None] * 16 + vm[None, :], mask=ok)
         hrow = (gr // 16) * 4 + gsl // 4  # slot s: hi byte s // 4 of block j
         _cp_async(vh_s.index(slot), vh_base + gs * 256 + hrow[:, None] * 16 + vm[None, :], mask=ok)
+    if MIXED:
+        if ok & (64 * gs + 64 > nvq):  # (uniform)
+            lw: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [1, 1], [1, 0])
+            wr = gl.arange(0, 64, layout=gl.SliceLayout(1, lw))
+            wc = gl.arange(0, D, layout=gl.SliceLayout(0, lw))
+            wrow = 64 * gs + 4 * _perm4(wr % 16) + wr // 16 - nvq  # window row of the token
+            wp = gl.multiple_of(vw_base + wrow * s_vwt, 16)  # (rows 16-byte aligned: gluon_unsupported)
+            _cp_async(vw_s.index(slot), wp[:, None] + wc[None, :], mask=(wrow >= 0)[:, None])
     _ac.commit_group()
 
 
@@ -220,10 +230,13 @@ def _page_kernel_gluon(
     ``MIXED``: instead of the pages with quantized keys and values, the pages after them with quantized
     keys (the last one or two: values leave the 16-bit window a token at a time), launched apart (its
     registers do not weigh on the main launch); a token past the quantized values gets zero value
-    scales and zeros in registers (its codes add nothing) and its 16-bit value row from the window
-    through one extra K = 16 MMA per plane and value block (rows gathered from global memory, in the
-    planes' channel order, ``P^T`` unweighted). The rest kernels then only take what follows the last
-    key page. Not with boosted values without ``DUP``."""
+    scales and zeros in registers (its codes add nothing) and its 16-bit value row from the window:
+    a step with such tokens copies their window rows with the step's other bytes (``cp.async``, 16 KB
+    a stage) and adds one ``(D, 16 tokens) x P^T`` MMA per value block (``ldmatrix`` of the transposed
+    rows, ``P^T`` unweighted) into an accumulator of its own, channels in order, added to the partial at
+    the end. (Until session 10 the rows were gathered from global memory in the planes' channel
+    order, four K = 16 MMAs per block, their latency exposed in the loop.) The rest kernels then only
+    take what follows the last key page. Not with boosted values without ``DUP``."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups
@@ -287,14 +300,12 @@ def _page_kernel_gluon(
     z_acc = gl.zeros([16, 8], gl.float32, layout=mma)
     zero8 = gl.zeros([16, 8], gl.float32, layout=mma)
     U: gl.constexpr = 16777216.0
-    if MIXED:  # A tiles of 16-bit window values: (D/4 channels 4 i + k, 16 tokens), from global memory
-        w_dt: gl.constexpr = VW.dtype.element_ty
+    w_dt: gl.constexpr = VW.dtype.element_ty
+    vw_base = VW + b * s_vwb + h * s_vwh
+    if MIXED:  # the 16-bit window values' own accumulator, channels in order (A tiles: (D, 16 tokens))
         la2: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         lb2: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-        wi = gl.arange(0, D // 4, layout=gl.SliceLayout(1, la2))
-        wr = _perm4(gl.arange(0, 16, layout=gl.SliceLayout(0, la2)))  # P^T's rows: byte rows perm(r)
-        vw_base = VW + b * s_vwb + h * s_vwh
-        zero32 = gl.zeros([D // 4, 8], gl.float32, layout=mma)
+        acc_w = gl.zeros([D, 8], gl.float32, layout=mma)
     # shared memory: STAGES 64-token steps in flight (see _issue_step)
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
@@ -318,10 +329,15 @@ def _page_kernel_gluon(
         vl_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 64, 16], flat)
     else:
         vl_s = v_s
+    if MIXED:  # [stage, 16 j + m, D]: the window rows of a step's tokens past the quantized values
+        vw_s = gl.allocate_shared_memory(w_dt, [STAGES, 64, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    else:
+        vw_s = v_s
     for d in gl.static_range(STAGES - 1):
         _issue_step(2 * i0 + d, 2 * i0 + d < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s,
-                    k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
-                    s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
+                    vw_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base, kh_base, s_khp,
+                    s_khr, vh_base, sidx, s_kip, vw_base, s_vwt, nvq, D, GS, KBOOST, VBOOST, STAGES, VGATHER,
+                    MIXED)  # fmt: skip
     for pg in range(i0, i1):
         qf = gl.load(q_ptr, mask=qmask, other=0.0).to(gl.float32) * qk_scale
         if VGATHER:  # the boosted channels' plane masks (re-read per page, as below)
@@ -332,8 +348,9 @@ def _page_kernel_gluon(
             _ac.wait_group(STAGES - 2)  # step g landed (its group is the oldest outstanding)
             _warp_sync()  # ... for every lane; and every lane is done reading step g - 1's stage
             _issue_step(g + STAGES - 1, g + STAGES - 1 < 2 * i1, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s,
-                        vl_s, vh_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
-                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, D, GS, KBOOST, VBOOST, STAGES, VGATHER)  # fmt: skip
+                        vl_s, vh_s, vw_s, k_base, s_klp, s_klr, KSC, KZR, ks_base, s_ksp, v_base, vs_base, vz_base,
+                        kh_base, s_khp, s_khr, vh_base, sidx, s_kip, vw_base, s_vwt, nvq, D, GS, KBOOST, VBOOST,
+                        STAGES, VGATHER, MIXED)  # fmt: skip
             slot = g % STAGES
             if st == 0:
                 sc = ks_s.index(slot).load(gl.SliceLayout(1, lb4)).to(gl.float32)
@@ -383,6 +400,8 @@ def _page_kernel_gluon(
                 acc3 *= alpha[None, :]
                 l_acc *= alpha[None, :]
                 z_acc *= alpha[None, :]
+                if MIXED:
+                    acc_w *= alpha[None, :]
                 if VBOOST:
                     if not DUP:
                         ob_lo *= alpha[None, :]
@@ -431,14 +450,9 @@ def _page_kernel_gluon(
                     ob_hi = mma_v2(_graw_m(vhb, hi_msk), pb1, ob_hi)
                 if MIXED:
                     if 64 * g + 64 > nvq:  # (uniform) tokens past the quantized values: 16-bit rows
-                        pt = gl.convert_layout(pj.to(w_dt), lb2)
-                        wrow = 64 * g + 4 * wr + j - nvq  # window row of the step's token 4 perm(r) + j
-                        wp = vw_base + (wrow * s_vwt)[None, :] + 4 * wi[:, None]
-                        wok = (wrow >= 0)[None, :]
-                        acc0 += mma_v2(gl.load(wp, mask=wok, other=0.0), pt, zero32) * (1.0 / U)
-                        acc1 += mma_v2(gl.load(wp + 1, mask=wok, other=0.0), pt, zero32) * (4.0 / U)
-                        acc2 += mma_v2(gl.load(wp + 2, mask=wok, other=0.0), pt, zero32) * (16.0 / U)
-                        acc3 += mma_v2(gl.load(wp + 3, mask=wok, other=0.0), pt, zero32) * (64.0 / U)
+                        pt = gl.convert_layout(pj.to(w_dt), lb2)  # (unweighted)
+                        wa = vw_s.index(slot).slice(16 * j, 16).permute([1, 0]).load(la2)  # (D, 16 tokens)
+                        acc_w = mma_v2(wa, pt, acc_w)
     _ac.wait_group(0)  # nothing may land in a freed stage after the program ends
     l_i = gl.sum(l_acc, axis=0)  # (8,) per head
     zs0 = gl.sum(z_acc, axis=0)
@@ -488,5 +502,10 @@ def _page_kernel_gluon(
         gl.store(o_pp + 1, acc1 * (U / 4) + zs0[None, :], mask=msk)
         gl.store(o_pp + 2, acc2 * (U / 16) + zs0[None, :], mask=msk)
         gl.store(o_pp + 3, acc3 * (U / 64) + zs0[None, :], mask=msk)
+    if MIXED:  # the window values' part, channels in order, added to the stores above
+        _warp_sync()
+        wch = gl.arange(0, D, layout=rows_l)
+        w_pp = O_ACC + (o_base + og)[None, :] * D + wch[:, None]
+        gl.store(w_pp, gl.load(w_pp, mask=msk, other=0.0) + acc_w, mask=msk)
     gl.store(O_M + o_base + og, m_i, mask=og < GQ)
     gl.store(O_L + o_base + og, l_i, mask=og < GQ)
