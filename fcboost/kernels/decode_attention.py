@@ -48,7 +48,7 @@ plus two ``prmt``): each masked byte becomes the mantissa of a *subnormal* half,
 offset for the tensor cores' fp32 accumulation to lose (a ``1024 + code`` variant lost 7x in
 precision on the H200); the interpreter uses plain integer codes. Supported: 2-bit keys/values
 with a 4-bit boost, head_dim 32-256, ``P % 16 == 0``. Value codes are stored token-interleaved
-(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s10_h200.json``.
+(:mod:`fcboost.quant.layout`). Measured figures: ``benchmarks/results/bench_attention_s10b_h200.json``.
 """
 
 from __future__ import annotations
