@@ -133,9 +133,9 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
     (16, 4 G) ([m, j G + g] = token 4m + j, group g); with boosted keys their high bits (16, 16) and
     the page's slot -> channel map (16,); with boosted values, per j, the 16 slots' rows of the high
     value planes (64 = 16 j + slot, 16) and (``VGATHER``) of the low planes, gathered through the
-    slot map ``sidx``. ``ok`` false: zero-filled (nothing read). ``MIXED``, for a step with tokens past the quantized values: the 16-bit window rows of its 64
-    tokens (64 = 16 j + m <- token 4 perm(m) + j, as the value blocks' k order; zeros before the
-    window)."""
+    slot map ``sidx``. ``ok`` false: zero-filled (nothing read). ``MIXED``, for a step with tokens past
+    the quantized values: the 16-bit window rows of its 64 tokens (64 = 16 j + m <- token
+    4 perm(m) + j, the value blocks' k order; zeros before the window)."""
     slot = gs % STAGES
     pg = gs // 2
     r0 = 16 * (gs % 2)
@@ -184,7 +184,7 @@ def _issue_step(gs, ok, k_s, v_s, ks_s, kz_s, vs_s, vz_s, kh_s, ki_s, vl_s, vh_s
             wr = gl.arange(0, 64, layout=gl.SliceLayout(1, lw))
             wc = gl.arange(0, D, layout=gl.SliceLayout(0, lw))
             wrow = 64 * gs + 4 * _perm4(wr % 16) + wr // 16 - nvq  # window row of the token
-            wp = gl.multiple_of(vw_base + wrow * s_vwt, 16)  # (rows 16-byte aligned: gluon_unsupported)
+            wp = gl.multiple_of(vw_base + wrow * s_vwt, 16)  # (rows 16-byte aligned: see mixed_pages)
             _cp_async(vw_s.index(slot), wp[:, None] + wc[None, :], mask=(wrow >= 0)[:, None])
     _ac.commit_group()
 

@@ -137,7 +137,13 @@ def n_rest_parts(
 
 
 def mixed_pages(
-    B: int, H: int, vboost: bool, dup: bool, window_dtype: torch.dtype, knob: bool | None = None
+    B: int,
+    H: int,
+    vboost: bool,
+    dup: bool,
+    window_dtype: torch.dtype,
+    knob: bool | None = None,
+    window_aligned: bool = True,
 ) -> bool:
     """Whether the Gluon page kernel takes the mixed pages (the last key pages, values partly still in
     the 16-bit window) in a launch of its own, instead of the rest's quantized tail (given that the
@@ -146,10 +152,11 @@ def mixed_pages(
     93.1 -> 84.6, kitty 102.2 -> 90.5; 32 x 8K 1-3% faster; at B x H <= 64 its one program per (row,
     head), launched after the page kernel, was 7-11 us slower, and beside it 16-32 us slower at 8 x 32K,
     probe_s9b_h200.json). Never with boosted values without
-    ``dup`` (their low bits are not in the plane accumulators) or a window that is not fp16/bf16 (the
-    operands of its window MMA)."""
+    ``dup`` (their low bits are not in the plane accumulators), a window that is not fp16/bf16 (the
+    operands of its window MMA) or whose rows are not 16-byte aligned and contiguous
+    (``window_aligned``: its rows are copied with 16-byte ``cp.async``)."""
     want = B * H >= 256 if knob is None else bool(knob)
-    return want and (dup or not vboost) and window_dtype in (torch.float16, torch.bfloat16)
+    return want and (dup or not vboost) and window_dtype in (torch.float16, torch.bfloat16) and window_aligned
 
 
 @functools.lru_cache(maxsize=4096)  # (called per layer and step: the search is O(n_pages))
@@ -389,7 +396,12 @@ def decode_attention(
     if not two:
         rest_slots = {0: (ns, nr)}
     dup = vboost and GQ <= 4 and gk.get("dup", True)
-    mixed = gluon and ns > 0 and split and mixed_pages(B, H, vboost, dup, st.v_win.dtype, gk.get("mixed"))
+    mixed = (
+        gluon
+        and ns > 0
+        and split
+        and mixed_pages(B, H, vboost, dup, st.v_win.dtype, gk.get("mixed"), _rows_aligned(st.v_win))
+    )
     nslot = ns + nr + int(mixed)  # (mixed: one slot per (row, head) for the mixed pages' launch)
     nb = st.n_boost
     NBP = max(16, triton.next_power_of_2(max(nb, 1)))

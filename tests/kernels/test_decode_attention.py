@@ -283,7 +283,7 @@ def test_n_rest_parts_geometry():
 
 def test_mixed_pages_rule():
     """Mixed pages by default from B x H = 256 on (the H200 sweep's crossover), as asked otherwise,
-    never with boosted values in a second P^T (no dup) or an fp32 window."""
+    never with boosted values in a second P^T (no dup), an fp32 window or unaligned window rows."""
     from fcboost.kernels.decode_attention import mixed_pages
 
     bf16 = torch.bfloat16
@@ -294,6 +294,7 @@ def test_mixed_pages_rule():
     )
     assert not mixed_pages(64, 8, True, False, bf16)  # boosted values at GQA > 4 (no dup)
     assert not mixed_pages(64, 8, False, False, torch.float32, knob=True)
+    assert not mixed_pages(64, 8, False, False, bf16, knob=True, window_aligned=False)  # (cp.async rows)
 
 
 def test_n_rest_parts_one_program_per_16bit_tile():
