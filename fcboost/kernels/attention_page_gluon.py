@@ -234,9 +234,8 @@ def _page_kernel_gluon(
     a step with such tokens copies their window rows with the step's other bytes (``cp.async``, 16 KB
     a stage) and adds one ``(D, 16 tokens) x P^T`` MMA per value block (``ldmatrix`` of the transposed
     rows, ``P^T`` unweighted) into an accumulator of its own, channels in order, added to the partial at
-    the end. (Until session 10 the rows were gathered from global memory in the planes' channel
-    order, four K = 16 MMAs per block, their latency exposed in the loop.) The rest kernels then only
-    take what follows the last key page. Not with boosted values without ``DUP``."""
+    the end. The rest kernels then only take what follows the last key page. Not with boosted values
+    without ``DUP``."""
     P: gl.constexpr = 128
     NB: gl.constexpr = 16
     GS: gl.constexpr = 2 if VBOOST else 1  # value scale groups

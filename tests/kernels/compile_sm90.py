@@ -155,14 +155,14 @@ def main() -> None:
     from fcboost.kernels import attention_page_gluon as apg
     from fcboost.kernels import attention_rest_gluon as arg
 
+    fn = apg._page_kernel_gluon
     gp = dict(Q="*bf16", KLO="*u8", KSC="*fp16", KZR="*fp16", VLO="*u8", VSC="*fp16", VZR="*fp16", KHI="*u8",
               KIDX="*i16", VHI="*u8", NPAGES="*i32", NVQ="*i32", O_ACC="*fp32", O_M="*fp32", O_L="*fp32",
               VW="*bf16")  # fmt: skip
-    fn = apg._page_kernel_gluon
     for kb, vb, dup, mixed, name in (
         (False, False, False, False, "kivi"),
         (True, False, False, False, "kitty / static keys"),
-        (True, True, True, False, "static"),  # GQA 4: heads repeated in columns 4-7
+        (True, True, True, False, "static"),  # GQA 4: the heads repeated in columns 4-7 (the default)
         (True, True, False, False, "static, GQA > 4"),
         (False, False, False, True, "kivi, mixed pages"),
         (True, True, True, True, "static, mixed pages"),
